@@ -1,0 +1,200 @@
+"""params.yaml, loaded and validated in one place.
+
+Every stage calls `load_config()` first, so a bad value is rejected before any work, with the key
+and the allowed values in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+CLASSES = ("adenocarcinoma", "large_cell_carcinoma", "normal", "squamous_cell_carcinoma")
+SPLITS = ("train", "valid", "test")
+ARCHS = ("cnn", "resnet50", "inception_v3")
+# What each architecture can train: `classifier` (the final layer only), `last_block` (the last
+# convolutional block as well), `all` (from scratch).
+TRAINABLE = {"cnn": ("all",), "resnet50": ("classifier", "last_block"),
+             "inception_v3": ("classifier", "last_block")}
+MIN_IMAGE_SIZE = {"cnn": 32, "resnet50": 32, "inception_v3": 299}  # inception's aux branch needs 299
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    kaggle_dataset: str
+    archive: str
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    image_size: int
+    balance: str
+
+
+@dataclass(frozen=True)
+class FloorConfig:
+    image_size: int
+    C: list
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int
+    patience: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    draws_per_epoch: int
+    augment_views: int
+    seed: int
+    weights: str
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One variant: its architecture plus the `train` defaults with its own overrides applied."""
+    name: str
+    arch: str
+    trainable: str
+    image_size: int
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    data: DataConfig
+    prepare: PrepareConfig
+    floor: FloorConfig
+    train: TrainConfig
+    variants: dict[str, VariantConfig]
+
+    def variant(self, name: str) -> VariantConfig:
+        if name not in self.variants:
+            raise ConfigError(f"unknown variant '{name}': use one of {', '.join(self.variants)}")
+        return self.variants[name]
+
+
+def _typed(cls, raw, key: str):
+    """Build dataclass `cls` from dict `raw`, checking that every field is present and typed."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in fields(cls))}")
+    unknown = set(raw) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; "
+                          f"allowed: {', '.join(f.name for f in fields(cls))}")
+    values = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            raise ConfigError(f"{key}.{f.name}: missing")
+        values[f.name] = _check_type(raw[f.name], f.type, f"{key}.{f.name}")
+    return cls(**values)
+
+
+def _check_type(value, type_name: str, key: str):
+    # bool is an int in Python; `true` where a number belongs is a mistake, not 1.
+    if type_name == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if type_name == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if type_name == "list" and (not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ConfigError(f"{key}: expected a list of positive numbers, got {value!r}")
+    if type_name == "str" and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _one_of(value, allowed, key: str):
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not allowed; use one of {', '.join(allowed)}")
+
+
+def _at_least(value, minimum, key: str):
+    if value < minimum:
+        raise ConfigError(f"{key}: {value} is too small; it must be at least {minimum}")
+
+
+def _check_train(t: TrainConfig, key: str) -> None:
+    for name in ("max_epochs", "batch_size", "augment_views"):
+        _at_least(getattr(t, name), 1, f"{key}.{name}")
+    _at_least(t.patience, 1, f"{key}.patience")
+    _at_least(t.draws_per_epoch, 0, f"{key}.draws_per_epoch")
+    if t.lr <= 0:
+        raise ConfigError(f"{key}.lr: {t.lr} must be a positive number (the study used 0.001)")
+    _at_least(t.weight_decay, 0, f"{key}.weight_decay")
+    _one_of(t.device, ("auto", "cpu", "cuda", "mps"), f"{key}.device")
+    _one_of(t.precision, ("auto", "fp32", "bf16"), f"{key}.precision")
+    if t.weights not in ("imagenet", "none") and not t.weights.endswith((".pt", ".pth")):
+        raise ConfigError(f"{key}.weights: '{t.weights}' is not allowed; use imagenet, none "
+                          "or the path of a state-dict file (.pt or .pth)")
+
+
+def _variant(name: str, raw, train: TrainConfig, prepared_size: int) -> VariantConfig:
+    key = f"variants.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a mapping with arch, trainable and image_size")
+    for required in ("arch", "trainable", "image_size"):
+        if required not in raw:
+            raise ConfigError(f"{key}.{required}: missing")
+    arch, trainable, size = raw["arch"], raw["trainable"], raw["image_size"]
+    _one_of(arch, ARCHS, f"{key}.arch")
+    _one_of(trainable, TRAINABLE[arch], f"{key}.trainable")
+    size = _check_type(size, "int", f"{key}.image_size")
+    if not MIN_IMAGE_SIZE[arch] <= size <= prepared_size:
+        raise ConfigError(f"{key}.image_size: {size} does not fit {arch}; use "
+                          f"{MIN_IMAGE_SIZE[arch]} to {prepared_size} (prepare.image_size)")
+    # Any other key overrides the `train` default of the same name; null keeps the default.
+    overrides = {k: v for k, v in raw.items()
+                 if k not in ("arch", "trainable", "image_size") and v is not None}
+    merged = _typed(TrainConfig, {**train.__dict__, **overrides}, key)
+    _check_train(merged, key)
+    return VariantConfig(name, arch, trainable, size, merged)
+
+
+def parse_config(raw) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml: expected a mapping at the top level")
+    for key in ("model", "data", "prepare", "floor", "train", "variants"):
+        if key not in raw:
+            raise ConfigError(f"{key}: missing from params.yaml")
+    data = _typed(DataConfig, raw["data"], "data")
+    _one_of(data.source, ("kaggle", "local", "sample"), "data.source")
+    if data.source == "local" and not data.archive:
+        raise ConfigError("data.archive: empty; with data.source=local set it to the zip or "
+                          "folder downloaded from Kaggle")
+    prepare = _typed(PrepareConfig, raw["prepare"], "prepare")
+    _at_least(prepare.image_size, 32, "prepare.image_size")
+    _one_of(prepare.balance, ("oversample", "class_weights", "none"), "prepare.balance")
+    floor = _typed(FloorConfig, raw["floor"], "floor")
+    _at_least(floor.image_size, 4, "floor.image_size")
+    train = _typed(TrainConfig, raw["train"], "train")
+    _check_train(train, "train")
+    if not isinstance(raw["variants"], dict) or not raw["variants"]:
+        raise ConfigError("variants: expected a mapping of variant names")
+    variants = {name: _variant(name, v, train, prepare.image_size)
+                for name, v in raw["variants"].items()}
+    model = raw["model"]
+    _one_of(model, tuple(variants), "model")
+    return Config(model, data, prepare, floor, train, variants)
+
+
+def load_config(path: Path = PARAMS_FILE) -> Config:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_config(raw)

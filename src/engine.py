@@ -1,0 +1,119 @@
+"""The training loop: epochs over cached features or augmented images, validation, metrics."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+from tqdm import tqdm
+
+from src.models import forward_train, set_train_mode
+from src.transforms import model_input
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def scores(targets, predictions, loss: float) -> dict:
+    return {"loss": loss, "acc": accuracy_score(targets, predictions),
+            "f1_macro": f1_score(targets, predictions, average="macro", zero_division=0),
+            "f1_weighted": f1_score(targets, predictions, average="weighted", zero_division=0)}
+
+
+class Batches:
+    """Where a training or validation batch comes from.
+
+    With a frozen prefix: its outputs for `views` augmented copies of every image, computed once
+    in eval mode (so exactly what the full network would compute) and picked from at random each
+    epoch. Without one: the uint8 images, augmented on the fly."""
+
+    def __init__(self, images, labels, arch, device, dtype, prefix=None, views=1, augment=True,
+                 generator=None, batch_size=64, desc=""):
+        self.labels, self.arch, self.device, self.generator = labels, arch, device, generator
+        self.augment, self.prefix = augment, prefix
+        if prefix is None:
+            self.images, self.features = images, None
+            return
+        prefix.eval()
+        cached = []
+        with torch.no_grad(), autocast(device, dtype):
+            for _ in tqdm(range(views), desc=f"cache {desc}", unit="view", leave=False):
+                view = []
+                for start in range(0, len(images), batch_size):
+                    x = model_input(images[start:start + batch_size].to(device), arch,
+                                    generator if augment else None)
+                    out = prefix(x)
+                    out = out if isinstance(out, tuple) else (out,)
+                    view.append(tuple(o.to("cpu", dtype or torch.float32) for o in out))
+                cached.append(tuple(torch.cat(parts) for parts in zip(*view)))
+        # features[k]: [views, N, ...] for the k-th output of the prefix
+        self.features = tuple(torch.stack(parts) for parts in zip(*cached))
+
+    def get(self, idx: torch.Tensor) -> tuple:
+        if self.features is None:
+            x = model_input(self.images[idx].to(self.device), self.arch,
+                            self.generator if self.augment else None)
+            return (x,)
+        view = torch.randint(len(self.features[0]), (len(idx),), generator=self.generator) \
+            if self.augment else torch.zeros(len(idx), dtype=torch.long)
+        return tuple(channels_last(f[view, idx].to(self.device).float()) for f in self.features)
+
+
+def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batch_size: int,
+                    optimizer, criterion, device, dtype, desc: str) -> dict:
+    set_train_mode(head)
+    total_loss, targets, predictions = 0.0, [], []
+    progress = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False)
+    for start in progress:
+        idx = order[start:start + batch_size]
+        y = batches.labels[idx].to(device)
+        with autocast(device, dtype):
+            loss, logits = forward_train(head, batches.get(idx), y, criterion)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        targets.append(y.cpu())
+        predictions.append(logits.argmax(1).cpu())
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    return scores(torch.cat(targets), torch.cat(predictions), total_loss / len(order))
+
+
+@torch.no_grad()
+def predict(head: nn.Module, batches: Batches, batch_size: int, device, dtype) -> torch.Tensor:
+    """Class probabilities, float32, in eval mode."""
+    head.eval()
+    probabilities = []
+    for start in range(0, len(batches.labels), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(batches.labels)))
+        with autocast(device, dtype):
+            logits = head(*batches.get(idx))
+        probabilities.append(torch.softmax(logits.float(), 1).cpu())
+    return torch.cat(probabilities)
+
+
+def validate(head, batches, batch_size, device, dtype) -> dict:
+    """Unweighted cross-entropy and scores on the validation split."""
+    probabilities = predict(head, batches, batch_size, device, dtype)
+    loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), batches.labels).item()
+    return scores(batches.labels.numpy(), probabilities.argmax(1).numpy(), loss)
+
+
+def draw_order(sample_weights: torch.Tensor, draws: int, generator) -> torch.Tensor:
+    """One epoch's training indices: weighted draws with replacement (the study's sampler) when
+    the weights differ, otherwise a permutation of the training split."""
+    if torch.allclose(sample_weights, sample_weights[0]):
+        n = len(sample_weights)
+        perm = torch.cat([torch.randperm(n, generator=generator)
+                          for _ in range(int(np.ceil(draws / n)))])
+        return perm[:draws]
+    return torch.multinomial(sample_weights, draws, replacement=True, generator=generator)

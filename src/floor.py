@@ -1,0 +1,51 @@
+"""Stage `floor`: a class-balanced logistic regression on small grayscale pixels.
+
+Not a model anyone should use: the level any variant has to beat to show it learned more than
+global intensity and framing. Its regularization is chosen on valid; test is scored once.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from src.config import load_config
+from src.data import load_split
+from src.evaluate import METRICS_DIR
+from src.metrics import headline, report, test_metrics
+from src.transforms import resize
+from src.utils import seed_everything, stage_main, write_json
+
+
+def pixels(split: dict, size: int) -> np.ndarray:
+    gray = resize(split["images"], size).float().mean(1) / 255
+    return gray.flatten(1).numpy()
+
+
+@stage_main
+def main() -> None:
+    cfg = load_config()
+    seed_everything(cfg.train.seed)
+    train, valid, test = (load_split(s) for s in ("train", "valid", "test"))
+    size = cfg.floor.image_size
+    best = None
+    for C in cfg.floor.C:
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(
+            C=C, class_weight="balanced", max_iter=5000))
+        classifier.fit(pixels(train, size), train["labels"].numpy())
+        val = headline(report(valid["labels"].numpy(), classifier.predict(pixels(valid, size))))
+        print(f"floor: C={C} valid macro F1 {val['f1_macro']:.3f}")
+        if best is None or val["f1_macro"] > best[1]["f1_macro"]:
+            best = (classifier, val, C)
+    classifier, val, C = best
+    predictions = classifier.predict(pixels(test, size))
+    metrics = test_metrics(test["labels"].numpy(), predictions, test["leak_free"].numpy())
+    metrics |= {"valid": val, "C": C}
+    write_json(METRICS_DIR / "floor.json", metrics)
+    print(f"floor: test weighted F1 {metrics['test']['f1_weighted']:.3f}, leak-free "
+          f"{metrics['test_leak_free']['f1_weighted']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

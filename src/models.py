@@ -1,0 +1,183 @@
+"""The study's three architectures, what each variant trains, and the split of a network into
+its frozen prefix and trainable head."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from src.config import CLASSES, VariantConfig
+from src.utils import StageError
+
+TORCHVISION_WEIGHTS = {"resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
+                       "inception_v3": tvm.Inception_V3_Weights.IMAGENET1K_V1}
+AUX_LOSS_WEIGHT = 0.4  # Inception's auxiliary classifier, as in the Inception-V3 paper
+
+
+class StudyCNN(nn.Sequential):
+    """The study's CNN: five conv-BN-ReLU-maxpool blocks (32 to 512 channels) on grayscale
+    input, then two dense layers. 14,547,908 parameters at 224x224."""
+
+    def __init__(self, image_size: int = 224, num_classes: int = len(CLASSES)):
+        blocks, channels = [], 1
+        for width in (32, 64, 128, 256, 512):
+            blocks += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width
+        side = image_size // 32
+        super().__init__(*blocks, nn.Flatten(),
+                         nn.Linear(512 * side * side, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(256, num_classes))
+
+
+def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
+    """ImageNet weights as torchvision downloads and caches them, or a local state-dict file."""
+    if weights == "none":
+        return None
+    if weights != "imagenet":
+        if not Path(weights).is_file():
+            raise StageError(f"train.weights: '{weights}' does not exist; use imagenet, none or "
+                             "the path of a state-dict file")
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    enum = TORCHVISION_WEIGHTS[arch]
+    try:
+        return enum.get_state_dict(progress=True)
+    except Exception as e:  # URLError, hash mismatch, a proxy's HTML page...
+        file = Path(enum.url).name
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        raise StageError(f"could not get ImageNet weights for {arch} ({type(e).__name__}): "
+                         f"download {enum.url} and put {file} in {folder}, "
+                         "or set train.weights=none") from None
+
+
+def build_model(variant: VariantConfig, pretrained: bool = True) -> nn.Module:
+    """The variant's network with 4 outputs, and requires_grad set on what it trains.
+    pretrained=False skips `train.weights`, for loading a trained checkpoint over it."""
+    arch = variant.arch
+    if arch == "cnn":
+        return StudyCNN(variant.image_size)  # trained from scratch, whatever train.weights says
+    state = _imagenet_state_dict(arch, variant.train.weights) if pretrained else None
+    if arch == "resnet50":
+        model = tvm.resnet50(weights=None)
+    else:
+        # transform_input stays off: the input is already normalized the way these weights expect.
+        model = tvm.inception_v3(weights=None, aux_logits=True, transform_input=False,
+                                 init_weights=state is None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise StageError(f"train.weights: the file does not hold torchvision's {arch} "
+                             f"ImageNet state dict ({str(e).splitlines()[0]})") from None
+    model.fc = nn.Linear(model.fc.in_features, len(CLASSES))
+    if arch == "inception_v3":
+        model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, len(CLASSES))
+    for p in model.parameters():
+        p.requires_grad = False
+    for module in trainable_modules(model, variant):
+        for p in module.parameters():
+            p.requires_grad = True
+    return model
+
+
+def trainable_modules(model: nn.Module, variant: VariantConfig) -> list[nn.Module]:
+    if variant.trainable == "all":
+        return [model]
+    if variant.arch == "resnet50":
+        return [model.fc] if variant.trainable == "classifier" else [model.layer4, model.fc]
+    if variant.trainable == "classifier":
+        return [model.fc, model.AuxLogits.fc]
+    return [model.Mixed_7a, model.Mixed_7b, model.Mixed_7c, model.fc, model.AuxLogits]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode for what is trained; frozen BatchNorm layers keep their running statistics
+    (the study let them drift, which changes the frozen backbone every batch)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def aux_features(aux: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's InceptionAux.forward up to its final linear layer."""
+    x = nn.functional.avg_pool2d(x, kernel_size=5, stride=3)
+    x = aux.conv1(aux.conv0(x))
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1)
+
+
+_INCEPTION_STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                   "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+                   "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")
+
+
+class InceptionPrefix(nn.Module):
+    """Frozen Inception layers: up to Mixed_6e, or (classifier only) the whole network up to the
+    pooled features of both the main and the auxiliary classifier."""
+
+    def __init__(self, m: tvm.Inception3, to_pooled: bool):
+        super().__init__()
+        self.stem = nn.Sequential(*(getattr(m, n) for n in _INCEPTION_STEM))
+        self.top = nn.Sequential(m.Mixed_7a, m.Mixed_7b, m.Mixed_7c, m.avgpool, nn.Flatten(1)) \
+            if to_pooled else None
+        self.aux = m.AuxLogits
+
+    def forward(self, x):
+        x = self.stem(x)
+        return x if self.top is None else (self.top(x), aux_features(self.aux, x))
+
+
+class InceptionHead(nn.Module):
+    """The trained Inception layers; in training mode returns (logits, aux_logits)."""
+
+    def __init__(self, m: tvm.Inception3, from_pooled: bool):
+        super().__init__()
+        self.m, self.from_pooled = m, from_pooled
+
+    def forward(self, *features):
+        m = self.m
+        if self.from_pooled:
+            pooled, aux_pooled = features
+            logits = m.fc(m.dropout(pooled))
+            return (logits, m.AuxLogits.fc(aux_pooled)) if self.training else logits
+        x, = features
+        aux = m.AuxLogits(x) if self.training else None
+        x = torch.flatten(m.avgpool(m.Mixed_7c(m.Mixed_7b(m.Mixed_7a(x)))), 1)
+        logits = m.fc(m.dropout(x))
+        return (logits, aux) if self.training else logits
+
+
+def split_frozen(model: nn.Module, variant: VariantConfig) -> tuple[nn.Module | None, nn.Module]:
+    """(prefix, head) with head(*prefix(x)) == model(x) in eval mode. The prefix holds only
+    frozen layers, so its output can be computed once per image and augmentation view and
+    reused every epoch. prefix is None when everything trains."""
+    if variant.trainable == "all":
+        return None, model
+    classifier_only = variant.trainable == "classifier"
+    if variant.arch == "resnet50":
+        stem = [model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
+                model.layer3]
+        top = [model.layer4, model.avgpool, nn.Flatten(1)]
+        if classifier_only:
+            return nn.Sequential(*stem, *top), model.fc
+        return nn.Sequential(*stem), nn.Sequential(*top, model.fc)
+    return InceptionPrefix(model, classifier_only), InceptionHead(model, classifier_only)
+
+
+def forward_train(model_or_head: nn.Module, features: tuple, targets: torch.Tensor,
+                  criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and main logits; Inception's auxiliary loss counts 0.4 in training."""
+    out = model_or_head(*features)
+    if isinstance(out, tuple) or hasattr(out, "aux_logits"):
+        logits, aux = out
+        return criterion(logits, targets) + AUX_LOSS_WEIGHT * criterion(aux, targets), logits
+    return criterion(out, targets), out

@@ -1,0 +1,111 @@
+"""Pictures: the exploratory figures of the data report, confusion matrices, the comparison chart."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # stages run headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from src.config import CLASSES, SPLITS  # noqa: E402
+from src.utils import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def class_distribution(counts: dict, path: Path) -> None:
+    """counts[stage][split][class] -> grouped bars, one panel per split, before and after."""
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(4 * len(SPLITS), 3.5), sharey=False)
+    x = np.arange(len(CLASSES))
+    for ax, split in zip(axes, SPLITS):
+        for i, stage in enumerate(counts):
+            ax.bar(x + (i - 0.5) * 0.4, [counts[stage][split].get(c, 0) for c in CLASSES], 0.4,
+                   label=stage)
+        ax.set_title(split)
+        ax.set_xticks(x, [c.replace("_", "\n") for c in CLASSES], fontsize=7)
+    axes[0].set_ylabel("images")
+    axes[0].legend()
+    _save(fig, path)
+
+
+def sample_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 6) -> None:
+    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(1.6 * per_class, 1.7 * len(CLASSES)))
+    for row, name in enumerate(CLASSES):
+        idx = (labels == row).nonzero().flatten()[:per_class]
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(idx):
+                ax.imshow(images[idx[col]].permute(1, 2, 0).numpy())
+        axes[row, 0].set_title(name, fontsize=8, loc="left")
+    _save(fig, path)
+
+
+def intensity_histograms(splits: dict, path: Path) -> None:
+    """Grayscale histogram of the non-padding pixels per class, one line per split: the test
+    split's carcinomas are darker than train's and valid's."""
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(4 * len(CLASSES), 3), sharey=True)
+    for ax, (c, name) in zip(axes, enumerate(CLASSES)):
+        for split, data in splits.items():
+            images = data["images"][data["labels"] == c]
+            if len(images) == 0:
+                continue
+            gray = images.float().mean(1).flatten()
+            gray = gray[gray > 0]
+            ax.hist(gray.numpy(), bins=64, range=(1, 255), density=True, histtype="step",
+                    label=split)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("pixel value")
+    axes[0].legend()
+    _save(fig, path)
+
+
+def image_row(images: torch.Tensor, titles: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(images), figsize=(2 * len(images), 2.2))
+    for ax, image, title in zip(axes, images, titles):
+        ax.imshow(image.permute(1, 2, 0).numpy(), cmap="gray")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    _save(fig, path)
+
+
+def confusion_matrix(matrix: np.ndarray, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(len(CLASSES)):
+        for j in range(len(CLASSES)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    short = [c.replace("_carcinoma", "").replace("_", " ") for c in CLASSES]
+    ax.set_xticks(range(len(CLASSES)), short, rotation=30)
+    ax.set_yticks(range(len(CLASSES)), short)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def comparison_chart(rows: list[dict], path: Path) -> None:
+    """Test weighted F1 per variant: ours beside the study's, the floor as a line."""
+    names = [r["variant"] for r in rows if r["variant"] != "floor"]
+    ours = [r["test_f1_weighted"] for r in rows if r["variant"] != "floor"]
+    study = [r["study_f1_weighted"] or 0 for r in rows if r["variant"] != "floor"]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(x - 0.2, ours, 0.4, label="this pipeline")
+    ax.bar(x + 0.2, study, 0.4, label="study (reported)")
+    for r in rows:
+        if r["variant"] == "floor":
+            ax.axhline(r["test_f1_weighted"], color="gray", linestyle="--",
+                       label="floor: logistic regression")
+    ax.set_xticks(x, names, rotation=15)
+    ax.set_ylabel("test weighted F1")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    _save(fig, path)
