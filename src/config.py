@@ -30,6 +30,7 @@ class DataConfig:
     source: str
     kaggle_dataset: str
     archive: str
+    max_extract_mb: int
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def parse_config(raw) -> Config:
     if data.source == "local" and not data.archive:
         raise ConfigError("data.archive: empty; with data.source=local set it to the zip or "
                           "folder downloaded from Kaggle")
+    _at_least(data.max_extract_mb, 1, "data.max_extract_mb")
     prepare = _typed(PrepareConfig, raw["prepare"], "prepare")
     _at_least(prepare.image_size, 32, "prepare.image_size")
     _one_of(prepare.balance, ("oversample", "class_weights", "none"), "prepare.balance")

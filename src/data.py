@@ -118,7 +118,7 @@ def letterbox(im: Image.Image, size: int) -> np.ndarray:
     resized = im.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)
     canvas = Image.new("RGB", (size, size))
     canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
-    return np.asarray(canvas)
+    return np.array(canvas)
 
 
 def file_digest(path: Path) -> str:

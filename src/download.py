@@ -54,9 +54,9 @@ def from_kaggle(dataset: str, target: Path) -> None:
                          f"{str(e).splitlines()[0] if str(e) else ''}); " + OFFLINE_HINT) from None
 
 
-def safe_extract(archive: Path, target: Path) -> None:
-    """Extract a zip, refusing members that would land outside `target` (absolute paths, `..`)
-    and symbolic links: the archive comes from the internet."""
+def safe_extract(archive: Path, target: Path, max_mb: int) -> None:
+    """Extract a zip, refusing members that would land outside `target` (absolute paths, `..`),
+    symbolic links, and more than `max_mb` unpacked (a zip bomb): archives come from the internet."""
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
@@ -66,6 +66,10 @@ def safe_extract(archive: Path, target: Path) -> None:
         members = zf.infolist()
         if not members:
             raise StageError(f"{archive}: the zip is empty")
+        unpacked = sum(m.file_size for m in members)
+        if unpacked > max_mb * 2**20:
+            raise StageError(f"{archive}: would unpack to {unpacked / 2**20:,.0f} MB, over "
+                             f"data.max_extract_mb={max_mb}; raise it if the archive is trusted")
         root = target.resolve()
         for m in members:
             dest = (target / m.filename).resolve()
@@ -79,7 +83,7 @@ def safe_extract(archive: Path, target: Path) -> None:
         zf.extractall(target)
 
 
-def from_local(archive: str, target: Path) -> None:
+def from_local(archive: str, target: Path, max_mb: int) -> None:
     path = Path(archive).expanduser()
     if not path.exists():
         raise StageError(f"data.archive: '{archive}' does not exist; give the path of the zip "
@@ -88,7 +92,7 @@ def from_local(archive: str, target: Path) -> None:
         shutil.copytree(path, target)
     else:
         target.mkdir(parents=True)
-        safe_extract(path, target)
+        safe_extract(path, target, max_mb)
 
 
 def fetch(cfg) -> None:
@@ -98,7 +102,7 @@ def fetch(cfg) -> None:
         if cfg.data.source == "kaggle":
             from_kaggle(cfg.data.kaggle_dataset, partial)
         elif cfg.data.source == "local":
-            from_local(cfg.data.archive, partial)
+            from_local(cfg.data.archive, partial, cfg.data.max_extract_mb)
         else:
             shutil.copytree(SAMPLE_DIR, partial)
         split_root = find_split_root(partial)

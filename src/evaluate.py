@@ -2,8 +2,10 @@
 
     python -m src.evaluate resnet50
 
-Writes metrics/<variant>.json (test and leak-free test metrics, with the training summary),
-the classification report as JSON and text, and the confusion matrix as a DVC plot and a PNG.
+Writes metrics/<variant>.json (test and leak-free test metrics with bootstrap intervals and
+calibration, and the training summary) and reports/<variant>/: the classification report as JSON
+and text, per-image predictions (the confusion-matrix plot), and images: the confusion matrix,
+a reliability diagram and Grad-CAM overlays. Validation data is used only to fit the temperature.
 """
 from __future__ import annotations
 
@@ -11,41 +13,63 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from src import plots
 from src.config import CLASSES, load_config
 from src.data import load_split
 from src.engine import Batches, predict
-from src.metrics import confusion, report, report_text, test_metrics
-from src.models import build_model
-from src.train import MODELS_DIR
-from src.transforms import resize
-from src.utils import autocast_dtype, pick_device, stage_main, torch_load, write_json, write_text
+from src.explain import cam_layer, grad_cam
+from src.metrics import (METRICS_DIR, REPORTS_DIR, confusion, expected_calibration_error,
+                         fit_temperature, report, report_text, test_metrics, write_predictions)
+from src.models import MODELS_DIR, load_checkpoint
+from src.transforms import normalize, resize
+from src.utils import autocast_dtype, pick_device, stage_main, write_json, write_text
 
-METRICS_DIR = Path("metrics")
-REPORTS_DIR = Path("reports")
+def cam_examples(targets: np.ndarray, predictions: np.ndarray) -> list[int]:
+    """A fixed set of test images: per class, the first one predicted right and the first one
+    predicted wrong, in file order."""
+    chosen = []
+    for c in range(len(CLASSES)):
+        for right in (True, False):
+            hits = np.nonzero((targets == c) & ((predictions == c) == right))[0]
+            chosen += hits[:1].tolist()
+    return chosen
 
 
-def load_model(variant, path: Path):
-    """The variant's network with the trained weights of checkpoint `path`, in eval mode."""
-    ckpt = torch_load(path)
-    model = build_model(variant, pretrained=False)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+def write_cams(model, arch, images, targets, device, path: Path) -> None:
+    heatmaps, titles = [], []
+    for image, target in zip(images, targets):
+        x = normalize(image.unsqueeze(0).float().to(device) / 255, arch)
+        heatmap, probabilities = grad_cam(model, cam_layer(model, arch), x)
+        predicted = int(probabilities.argmax())
+        heatmaps.append(heatmap[0].cpu())
+        titles.append(f"true {CLASSES[target]}\npredicted {CLASSES[predicted]} "
+                      f"p={probabilities[0, predicted]:.2f}")
+    plots.cam_grid(images, torch.stack(heatmaps) if heatmaps else torch.zeros(0), titles, path)
 
 
 def evaluate_variant(name: str) -> dict:
     cfg = load_config()
     variant = cfg.variant(name)
-    device = pick_device(variant.train.device)
-    dtype = autocast_dtype(variant.train.precision, device)
-    model, _ = load_model(variant, MODELS_DIR / name / "model.pt")
+    t = variant.train
+    device = pick_device(t.device)
+    dtype = autocast_dtype(t.precision, device)
+    model, _ = load_checkpoint(MODELS_DIR / name / "model.pt")
     model.to(device, memory_format=torch.channels_last)
-    test = load_split("test")
-    batches = Batches(resize(test["images"], variant.image_size), test["labels"], variant.arch,
-                      device, dtype, augment=False)
-    predictions = predict(model, batches, variant.train.batch_size, device, dtype).argmax(1).numpy()
+
+    def probabilities_of(split):
+        batches = Batches(resize(split["images"], variant.image_size), split["labels"],
+                          variant.arch, device, dtype, augment=False)
+        return predict(model, batches, t.batch_size, device, dtype)
+
+    valid, test = load_split("valid"), load_split("test")
+    temperature = fit_temperature(probabilities_of(valid).clamp_min(1e-12).log(), valid["labels"])
+    probabilities = probabilities_of(test)
+    scaled = torch.softmax(probabilities.clamp_min(1e-12).log() / temperature, 1)
+    probabilities, scaled = probabilities.numpy(), scaled.numpy()
+    predictions = probabilities.argmax(1)
     targets, leak_free = test["labels"].numpy(), test["leak_free"].numpy()
 
     out = REPORTS_DIR / name
@@ -57,13 +81,20 @@ def evaluate_variant(name: str) -> dict:
                f"{report_text(targets, predictions)}\n"
                f"{name}: leak-free test ({int(leak_free.sum())} images)\n"
                f"{report_text(targets[leak_free], predictions[leak_free])}")
-    write_json(out / "confusion.json",
-               [{"actual": CLASSES[t], "predicted": CLASSES[p], "file": f}
-                for t, p, f in zip(targets, predictions, test["files"])])
-    plots.confusion_matrix(confusion(targets, predictions), f"{name}: test", out / "confusion.png")
+    write_predictions(out / "predictions.json", test, probabilities)
+    plots.confusion_matrix(confusion(targets, predictions), f"{name}: test",
+                           out / "images/confusion.png")
+    plots.reliability_diagram(expected_calibration_error(probabilities, targets),
+                              expected_calibration_error(scaled, targets), temperature,
+                              f"{name}: test calibration", out / "images/reliability.png")
+    chosen = cam_examples(targets, predictions)
+    model.float()
+    write_cams(model, variant.arch, resize(test["images"][chosen], variant.image_size),
+               targets[chosen], device, out / "images/gradcam.png")
 
     summary = json.loads((MODELS_DIR / name / "summary.json").read_text())
-    metrics = test_metrics(targets, predictions, leak_free) | {"train": summary}
+    metrics = test_metrics(targets, probabilities, leak_free, t.seed, scaled) | {
+        "temperature": round(temperature, 4), "train": summary}
     write_json(METRICS_DIR / f"{name}.json", metrics)
     return metrics
 
@@ -73,10 +104,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="a name under `variants` in params.yaml")
     name = parser.parse_args().variant
-    m = evaluate_variant(name)
-    print(f"{name}: test accuracy {m['test']['accuracy']:.3f}, macro F1 {m['test']['f1_macro']:.3f}, "
-          f"weighted F1 {m['test']['f1_weighted']:.3f}; leak-free weighted F1 "
-          f"{m['test_leak_free']['f1_weighted']:.3f}")
+    m = evaluate_variant(name)["test"]
+    print(f"{name}: test accuracy {m['accuracy']:.3f} {m['ci95']['accuracy']}, macro F1 "
+          f"{m['f1_macro']:.3f} {m['ci95']['f1_macro']}, weighted F1 {m['f1_weighted']:.3f} "
+          f"{m['ci95']['f1_weighted']}, ECE {m['ece']:.3f}")
 
 
 if __name__ == "__main__":

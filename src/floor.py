@@ -12,8 +12,8 @@ from sklearn.preprocessing import StandardScaler
 
 from src.config import load_config
 from src.data import load_split
-from src.evaluate import METRICS_DIR
-from src.metrics import headline, report, test_metrics
+from src.metrics import METRICS_DIR, REPORTS_DIR, headline, report, test_metrics, \
+    write_predictions
 from src.transforms import resize
 from src.utils import seed_everything, stage_main, write_json
 
@@ -39,9 +39,11 @@ def main() -> None:
         if best is None or val["f1_macro"] > best[1]["f1_macro"]:
             best = (classifier, val, C)
     classifier, val, C = best
-    predictions = classifier.predict(pixels(test, size))
-    metrics = test_metrics(test["labels"].numpy(), predictions, test["leak_free"].numpy())
+    probabilities = classifier.predict_proba(pixels(test, size))
+    metrics = test_metrics(test["labels"].numpy(), probabilities, test["leak_free"].numpy(),
+                           cfg.train.seed)
     metrics |= {"valid": val, "C": C}
+    write_predictions(REPORTS_DIR / "floor/predictions.json", test, probabilities)
     write_json(METRICS_DIR / "floor.json", metrics)
     print(f"floor: test weighted F1 {metrics['test']['f1_weighted']:.3f}, leak-free "
           f"{metrics['test_leak_free']['f1_weighted']:.3f}")

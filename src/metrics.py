@@ -1,10 +1,19 @@
 """Classification metrics as the study reports them, on the full test split and its leak-free part."""
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import numpy as np
+import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from src.config import CLASSES
+from src.utils import StageError, write_json
+
+METRICS_DIR = Path("metrics")  # small JSON files kept in Git, so branches compare
+REPORTS_DIR = Path("reports")
 
 
 def report(targets, predictions) -> dict:
@@ -33,6 +42,116 @@ def confusion(targets, predictions) -> np.ndarray:
     return confusion_matrix(targets, predictions, labels=list(range(len(CLASSES))))
 
 
-def test_metrics(targets: np.ndarray, predictions: np.ndarray, leak_free: np.ndarray) -> dict:
-    return {"test": headline(report(targets, predictions)),
-            "test_leak_free": headline(report(targets[leak_free], predictions[leak_free]))}
+def _scores_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """[..., C, C] confusion matrices -> [..., 3]: accuracy, macro F1, weighted F1 (sklearn's
+    definitions, a class without support or predictions scoring F1 0)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
+    support, predicted = cm.sum(-1), cm.sum(-2)
+    denominator = support + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    n = support.sum(-1)
+    accuracy = tp.sum(-1) / n
+    macro = f1.mean(-1)  # over all four labels, as `report` asks sklearn for
+    weighted = (f1 * support).sum(-1) / n
+    return np.stack([accuracy, macro, weighted], -1)
+
+
+def bootstrap_ci(targets, predictions, resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals for accuracy, macro F1 and weighted F1: the test images
+    are resampled with replacement `resamples` times (seeded, so reproducible)."""
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    k = len(CLASSES)
+    idx = np.random.default_rng(seed).integers(0, len(targets), (resamples, len(targets)))
+    codes = targets[idx] * k + predictions[idx]
+    cms = np.stack([np.bincount(row, minlength=k * k) for row in codes]).reshape(-1, k, k)
+    scores = _scores_from_confusion(cms)
+    low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return {name: [round(float(lo), 4), round(float(hi), 4)]
+            for name, lo, hi in zip(("accuracy", "f1_macro", "f1_weighted"), low, high)}
+
+
+def mcnemar(targets, predictions_a, predictions_b) -> dict:
+    """Exact McNemar test on paired predictions of the same images: b = images only A gets
+    right, c = only B; two-sided binomial p-value under H0 that both err equally often."""
+    targets = np.asarray(targets)
+    right_a, right_b = np.asarray(predictions_a) == targets, np.asarray(predictions_b) == targets
+    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    n = b + c
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return {"only_a": b, "only_b": c, "p_value": round(min(1.0, 2 * tail), 6)}
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets, bins: int = 15) -> dict:
+    """ECE over equal-width confidence bins, with the per-bin figures a reliability diagram
+    draws."""
+    probabilities, targets = np.asarray(probabilities), np.asarray(targets)
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == targets
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece, table = 0.0, []
+    for i in range(bins):
+        mask = which == i
+        if mask.any():
+            gap = abs(correct[mask].mean() - confidence[mask].mean())
+            ece += mask.mean() * gap
+            table.append({"bin": i, "lower": round(edges[i], 4), "upper": round(edges[i + 1], 4),
+                          "count": int(mask.sum()), "accuracy": float(correct[mask].mean()),
+                          "confidence": float(confidence[mask].mean())})
+    return {"ece": round(float(ece), 4), "bins": table}
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> float:
+    """The temperature T minimizing the negative log-likelihood of softmax(logits / T), fitted on
+    validation data (one parameter, so the predicted class never changes)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20))
+
+
+def split_metrics(targets, probabilities, seed: int, scaled=None) -> dict:
+    """Everything reported for one set of test images: the headline scores with bootstrap 95%
+    intervals, and the calibration error (also after temperature scaling, when given)."""
+    predictions = np.asarray(probabilities).argmax(1)
+    out = headline(report(targets, predictions))
+    out["ci95"] = bootstrap_ci(targets, predictions, seed=seed)
+    out["ece"] = expected_calibration_error(probabilities, targets)["ece"]
+    if scaled is not None:
+        out["ece_scaled"] = expected_calibration_error(scaled, targets)["ece"]
+    return out
+
+
+def test_metrics(targets, probabilities, leak_free, seed: int, scaled=None) -> dict:
+    """split_metrics on the official test split and on its leak-free part."""
+    targets, probabilities = np.asarray(targets), np.asarray(probabilities)
+    part = (lambda a: None if a is None else np.asarray(a)[leak_free])
+    return {"test": split_metrics(targets, probabilities, seed, scaled),
+            "test_leak_free": split_metrics(targets[leak_free], probabilities[leak_free], seed,
+                                            part(scaled))}
+
+
+def write_predictions(path: Path, test: dict, probabilities: np.ndarray) -> None:
+    """Per test image: true and predicted labels and the probability; `compare` pairs them
+    across variants and `dvc plots` draws the confusion matrix from them."""
+    write_json(path, [{"file": f, "actual": CLASSES[y], "predicted": CLASSES[int(p.argmax())],
+                       "leak_free": bool(lf), "probability": round(float(p.max()), 4)}
+                      for f, y, lf, p in zip(test["files"], test["labels"].tolist(),
+                                             test["leak_free"].tolist(), probabilities)])
+
+
+def read_metrics(name: str) -> dict:
+    """metrics/<name>.json, written by `evaluate@<name>` (or `floor`)."""
+    path = METRICS_DIR / f"{name}.json"
+    if not path.exists():
+        raise StageError(f"{path}: not found; run `dvc repro` to make it")
+    return json.loads(path.read_text())

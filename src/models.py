@@ -9,8 +9,9 @@ from torch import nn
 from torchvision import models as tvm
 
 from src.config import CLASSES, VariantConfig
-from src.utils import StageError
+from src.utils import StageError, torch_load
 
+MODELS_DIR = Path("models")  # models/<variant>/model.pt, written by `train`
 TORCHVISION_WEIGHTS = {"resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
                        "inception_v3": tvm.Inception_V3_Weights.IMAGENET1K_V1}
 AUX_LOSS_WEIGHT = 0.4  # Inception's auxiliary classifier, as in the Inception-V3 paper
@@ -44,7 +45,7 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
         return torch.load(weights, map_location="cpu", weights_only=True)
     enum = TORCHVISION_WEIGHTS[arch]
     try:
-        return enum.get_state_dict(progress=True)
+        return enum.get_state_dict(progress=True, weights_only=True)
     except Exception as e:  # URLError, hash mismatch, a proxy's HTML page...
         file = Path(enum.url).name
         folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -53,34 +54,48 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
                          "or set train.weights=none") from None
 
 
-def build_model(variant: VariantConfig, pretrained: bool = True) -> nn.Module:
-    """The variant's network with 4 outputs, and requires_grad set on what it trains.
-    pretrained=False skips `train.weights`, for loading a trained checkpoint over it."""
-    arch = variant.arch
+def network(arch: str, image_size: int, imagenet_state: dict | None = None) -> nn.Module:
+    """The architecture with 4 outputs; ImageNet weights loaded first when given."""
     if arch == "cnn":
-        return StudyCNN(variant.image_size)  # trained from scratch, whatever train.weights says
-    state = _imagenet_state_dict(arch, variant.train.weights) if pretrained else None
+        return StudyCNN(image_size)
     if arch == "resnet50":
         model = tvm.resnet50(weights=None)
     else:
         # transform_input stays off: the input is already normalized the way these weights expect.
         model = tvm.inception_v3(weights=None, aux_logits=True, transform_input=False,
-                                 init_weights=state is None)
-    if state is not None:
+                                 init_weights=imagenet_state is None)
+    if imagenet_state is not None:
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(imagenet_state)
         except RuntimeError as e:
             raise StageError(f"train.weights: the file does not hold torchvision's {arch} "
                              f"ImageNet state dict ({str(e).splitlines()[0]})") from None
     model.fc = nn.Linear(model.fc.in_features, len(CLASSES))
     if arch == "inception_v3":
         model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, len(CLASSES))
+    return model
+
+
+def build_model(variant: VariantConfig) -> nn.Module:
+    """The variant's network, ready to train: pretrained weights per `train.weights` (the CNN
+    always starts from scratch) and requires_grad set on what it trains."""
+    state = None if variant.arch == "cnn" else _imagenet_state_dict(variant.arch,
+                                                                    variant.train.weights)
+    model = network(variant.arch, variant.image_size, state)
     for p in model.parameters():
         p.requires_grad = False
     for module in trainable_modules(model, variant):
         for p in module.parameters():
             p.requires_grad = True
     return model
+
+
+def load_checkpoint(path) -> tuple[nn.Module, dict]:
+    """A checkpoint written by `train` or `release`, as an eval-mode network and its settings."""
+    ckpt = torch_load(path)
+    model = network(ckpt["arch"], ckpt["image_size"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
 
 
 def trainable_modules(model: nn.Module, variant: VariantConfig) -> list[nn.Module]:
@@ -108,10 +123,9 @@ def set_train_mode(model: nn.Module) -> None:
             m.eval()
 
 
-def aux_features(aux: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def aux_features(aux_convs: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """torchvision's InceptionAux.forward up to its final linear layer."""
-    x = nn.functional.avg_pool2d(x, kernel_size=5, stride=3)
-    x = aux.conv1(aux.conv0(x))
+    x = aux_convs(nn.functional.avg_pool2d(x, kernel_size=5, stride=3))
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1)
 
 
@@ -127,13 +141,14 @@ class InceptionPrefix(nn.Module):
     def __init__(self, m: tvm.Inception3, to_pooled: bool):
         super().__init__()
         self.stem = nn.Sequential(*(getattr(m, n) for n in _INCEPTION_STEM))
-        self.top = nn.Sequential(m.Mixed_7a, m.Mixed_7b, m.Mixed_7c, m.avgpool, nn.Flatten(1)) \
-            if to_pooled else None
-        self.aux = m.AuxLogits
+        self.top = self.aux_convs = None
+        if to_pooled:
+            self.top = nn.Sequential(m.Mixed_7a, m.Mixed_7b, m.Mixed_7c, m.avgpool, nn.Flatten(1))
+            self.aux_convs = nn.Sequential(m.AuxLogits.conv0, m.AuxLogits.conv1)
 
     def forward(self, x):
         x = self.stem(x)
-        return x if self.top is None else (self.top(x), aux_features(self.aux, x))
+        return x if self.top is None else (self.top(x), aux_features(self.aux_convs, x))
 
 
 class InceptionHead(nn.Module):

@@ -95,7 +95,7 @@ def comparison_chart(rows: list[dict], path: Path) -> None:
     """Test weighted F1 per variant: ours beside the study's, the floor as a line."""
     names = [r["variant"] for r in rows if r["variant"] != "floor"]
     ours = [r["test_f1_weighted"] for r in rows if r["variant"] != "floor"]
-    study = [r["study_f1_weighted"] or 0 for r in rows if r["variant"] != "floor"]
+    study = [r.get("study_f1_weighted") or 0 for r in rows if r["variant"] != "floor"]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(x - 0.2, ours, 0.4, label="this pipeline")
@@ -108,4 +108,46 @@ def comparison_chart(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test weighted F1")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def cam_overlay(image: torch.Tensor, heatmap: torch.Tensor, title: str, path: Path) -> None:
+    """An image [3, H, W] uint8 with its Grad-CAM heatmap [H, W] over it."""
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.imshow(heatmap.numpy(), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def reliability_diagram(before: dict, after: dict, temperature: float, title: str,
+                        path: Path) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
+    for result, label in ((before, "raw"), (after, f"T={temperature:.2f}")):
+        bins = result["bins"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                label=f"{label}: ECE {result['ece']:.3f}")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def cam_grid(images: torch.Tensor, heatmaps: torch.Tensor, titles: list[str], path: Path) -> None:
+    """Grad-CAM overlays, four to a row, each titled with its true and predicted labels."""
+    cols = 4
+    rows = max(1, (len(images) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, heatmap, title in zip(axes.flat, images, heatmaps, titles):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.imshow(heatmap.numpy(), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=7)
     _save(fig, path)

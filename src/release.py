@@ -1,19 +1,91 @@
 """Stage `release`: ship the variant named by `model` in params.yaml.
 
 release/model.pt holds the weights with the labels and preprocessing settings (one file,
-torch.load(weights_only=True)); release/metrics.json holds the headline metrics.
+torch.load(weights_only=True)); release/metrics.json the headline metrics that `dvc exp show`
+displays; release/MODEL_CARD.md what the model is for, what it was trained on and how well it
+does, with its known problems.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from src.compare import read_metrics
 from src.config import load_config
-from src.train import MODELS_DIR
-from src.utils import StageError, atomic_write, stage_main, write_json
+from src.metrics import REPORTS_DIR, read_metrics
+from src.models import MODELS_DIR
+from src.utils import StageError, atomic_write, stage_main, write_json, write_text
 
 RELEASE_DIR = Path("release")
+
+
+def interval(m: dict, score: str) -> str:
+    low, high = m["ci95"][score]
+    return f"{m[score]:.3f} (95% CI {low:.3f}-{high:.3f})"
+
+
+def model_card(name: str, variant, metrics: dict, data: dict) -> str:
+    t = variant.train
+    rows = []
+    for label, key in (("official test split", "test"), ("leak-free test", "test_leak_free")):
+        m = metrics[key]
+        rows.append(f"| {label} | {m['support']} | {interval(m, 'accuracy')} | "
+                    f"{interval(m, 'f1_macro')} | {interval(m, 'f1_weighted')} | "
+                    f"{m['ece']:.3f} / {m.get('ece_scaled', float('nan')):.3f} |")
+    per_class = ", ".join(f"{c} {f:.2f}" for c, f in metrics["test"]["f1_per_class"].items())
+    train_counts = ", ".join(f"{c} {n}" for c, n in data["counts_prepared"]["train"].items())
+    dup = data["duplicates"]
+    return f"""# Model card: {name}
+
+## Intended use
+Research on chest CT slice classification (adenocarcinoma, large cell carcinoma, squamous cell
+carcinoma, normal): reproducing and comparing methods. **Not for diagnosis** or any clinical
+decision: the data are a small public collection of single slices of unknown provenance, and
+the model has not been validated on any clinical population.
+
+## Model
+{variant.arch}, trains `{variant.trainable}` ({metrics['train']['trainable_params']:,} of
+{metrics['train']['total_params']:,} parameters); initial weights: `{'none (from scratch)' if
+variant.arch == 'cnn' else t.weights}`. Adam, lr {t.lr}, batch {t.batch_size}, at most
+{t.max_epochs} epochs with early stopping on validation loss (patience {t.patience}); ran
+{metrics['train']['epochs']} epochs, checkpoint of epoch {metrics['train']['best_epoch']}
+(chosen on validation only). Seed {t.seed}.
+
+## Data
+Kaggle "Chest CT-Scan images" (mohamedhanyyy/chest-ctscan-images, CC0), official splits.
+Training images after cleaning: {train_counts}. Known problems, handled as follows:
+- duplicates: {dup.get('duplicate_groups', 0)} groups of identical images
+  ({dup.get('duplicate_files', 0)} files), {dup.get('cross_split_groups', 0)} of them across
+  splits; every train or valid image with a copy in test was removed, and groups with
+  conflicting labels ({dup.get('conflicting_label_groups', 0)}) dropped;
+- the `normal` class carries shortcut cues (text overlays, watermarks) and is nearly all
+  duplicates: its high scores say little;
+- the validation split is tiny, so one image moves validation accuracy by over a point;
+- the test split is framed and exposed differently from train and valid (darker, lower aspect
+  ratio, tighter framing), so validation scores do not predict test scores.
+
+## Preprocessing
+Decode to RGB (transparency over black), letterbox to {data['image_size']}x{data['image_size']}
+(aspect kept, zero padding), resize to {variant.image_size}x{variant.image_size}, scale to [0,1],
+{'grayscale, ' if variant.arch == 'cnn' else ''}normalize per channel as the checkpoint file
+states. `python -m src.predict` applies exactly this.
+
+## Metrics
+Test split scored once. Intervals: bootstrap, 1000 resamples. ECE: expected calibration error,
+raw / after temperature scaling (T = {metrics['temperature']:.2f}, fitted on valid).
+
+| test set | images | accuracy | macro F1 | weighted F1 | ECE raw / scaled |
+| --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Per-class F1 on the official test split: {per_class}.
+
+## Limitations
+Single 2D slices without patient identifiers, so images of one patient may sit in several
+splits beyond the exact duplicates removed; no external validation; intervals reflect the test
+sample only, not training variability (see the README for runs over several seeds); calibration
+is measured on 315 images.
+"""
 
 
 @stage_main
@@ -23,12 +95,15 @@ def main() -> None:
     source = MODELS_DIR / name / "model.pt"
     if not source.exists():
         raise StageError(f"{source}: not found; run `dvc repro train@{name}` first")
-    m = read_metrics(name)
+    metrics = read_metrics(name)
+    data = json.loads((REPORTS_DIR / "data/report.json").read_text())
     atomic_write(RELEASE_DIR / "model.pt", lambda p: shutil.copyfile(source, p))
-    headline = {"model": name, "test_accuracy": m["test"]["accuracy"],
-                "test_f1_macro": m["test"]["f1_macro"], "test_f1_weighted": m["test"]["f1_weighted"],
-                "leak_free_f1_weighted": m["test_leak_free"]["f1_weighted"]}
+    headline = {"model": name, "test_accuracy": metrics["test"]["accuracy"],
+                "test_f1_macro": metrics["test"]["f1_macro"],
+                "test_f1_weighted": metrics["test"]["f1_weighted"],
+                "leak_free_f1_weighted": metrics["test_leak_free"]["f1_weighted"]}
     write_json(RELEASE_DIR / "metrics.json", headline)
+    write_text(RELEASE_DIR / "MODEL_CARD.md", model_card(name, cfg.variant(name), metrics, data))
     print(f"released {name}: test weighted F1 {headline['test_f1_weighted']:.3f}")
 
 

@@ -9,8 +9,11 @@ not read here. Logs every epoch with DVCLive to dvclive/<variant>/.
 from __future__ import annotations
 
 import argparse
-import copy
+import hashlib
+import json
+import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,23 +21,34 @@ from dvclive import Live
 from torch import nn
 
 from src.config import CLASSES, load_config
-from src.data import load_split
+from src.data import PREPARED_DIR, file_digest, load_split
 from src.engine import Batches, draw_order, train_one_epoch, validate
-from src.models import build_model, count_parameters, split_frozen
+from src.models import MODELS_DIR, build_model, count_parameters, split_frozen
 from src.transforms import NORMALIZATION, resize
-from src.utils import autocast_dtype, pick_device, seed_everything, stage_main, torch_save, \
-    write_json
+from src.utils import StageError, autocast_dtype, pick_device, seed_everything, stage_main, \
+    torch_load, torch_save, write_json
 
-MODELS_DIR = Path("models")
 LIVE_DIR = Path("dvclive")
+RESUME_DIR = Path(".resume")  # interrupted runs; not a DVC output, ignored by Git
 
 
-def checkpoint(model: nn.Module, variant, state_dict: dict) -> dict:
-    """Everything needed to use the model: weights, labels and preprocessing, in one file that
+def checkpoint(variant, state_dict: dict, prepared_size: int) -> dict:
+    """Everything needed to use the model: weights, labels and preprocessing (letterbox to
+    `prepared_size`, resize to `image_size`, normalize), in one file that
     torch.load(weights_only=True) reads."""
     return {"state_dict": state_dict, "variant": variant.name, "arch": variant.arch,
             "trainable": variant.trainable, "image_size": variant.image_size,
-            "classes": list(CLASSES), "letterbox": True, **NORMALIZATION[variant.arch]}
+            "prepared_size": prepared_size, "classes": list(CLASSES),
+            **NORMALIZATION[variant.arch]}
+
+
+def run_key(variant, files: list[Path]) -> str:
+    """Identifies a training run: the variant's settings, the prepared data and the code. A saved
+    state is resumed only under the same key."""
+    h = hashlib.sha256(json.dumps(asdict(variant), sort_keys=True).encode())
+    for path in files + sorted(Path("src").glob("*.py")):
+        h.update(file_digest(path).encode())
+    return h.hexdigest()
 
 
 def train_variant(name: str) -> dict:
@@ -64,36 +78,70 @@ def train_variant(name: str) -> dict:
                                  weight_decay=t.weight_decay)
     draws = t.draws_per_epoch or len(train["labels"])
 
-    best = {"val_loss": float("inf")}
-    best_state, epochs_run = None, 0
+    # Resumable: after every epoch the whole training state is saved outside DVC's outputs
+    # (which DVC deletes before rerunning a stage); a rerun with the same key continues from it.
+    resume_path = RESUME_DIR / f"{name}.pt"
+    key = run_key(variant, [PREPARED_DIR / "train.pt", PREPARED_DIR / "valid.pt"])
+    state = {"key": key, "epoch": 0, "history": [], "best": {"val_loss": float("inf")},
+             "best_state": None, "seconds": 0.0}
+    if resume_path.exists():
+        saved = torch_load(resume_path)
+        if saved["key"] == key:
+            state = saved
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            generator.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            print(f"{name}: resuming after epoch {saved['epoch']} of an interrupted run")
+        else:
+            print(f"{name}: settings, data or code changed since the interrupted run; "
+                  "starting afresh")
+    started -= state["seconds"]
+
     with Live(str(LIVE_DIR / name), dvcyaml=False, save_dvc_exp=False) as live:
-        for epoch in range(1, t.max_epochs + 1):
+        for logged in state["history"]:  # the resumed epochs, logged again into a fresh Live
+            for k, v in logged.items():
+                live.log_metric(k, v)
+            live.next_step()
+        best = state["best"]
+        for epoch in range(state["epoch"] + 1, t.max_epochs + 1):
+            if "epoch" in best and epoch - 1 - best["epoch"] >= t.patience:
+                print(f"{name}: early stop, no better validation loss for {t.patience} epochs")
+                break
             order = draw_order(train["sample_weights"], draws, generator)
             train_scores = train_one_epoch(head, train_batches, order, t.batch_size, optimizer,
                                            criterion, device, dtype,
                                            f"{name} epoch {epoch}/{t.max_epochs}")
             val_scores = validate(head, valid_batches, t.batch_size, device, dtype)
-            epochs_run = epoch
-            for split, s in (("train", train_scores), ("val", val_scores)):
-                for key, value in s.items():
-                    live.log_metric(f"{split}/{key}", value)
+            if math.isnan(val_scores["loss"]) or math.isnan(train_scores["loss"]):
+                raise StageError(f"train@{name}: the loss became NaN in epoch {epoch}; lower "
+                                 f"variants.{name}.lr (now {t.lr})")
+            logged = {f"{split}/{k}": v for split, s in (("train", train_scores),
+                                                          ("val", val_scores)) for k, v in s.items()}
+            for k, v in logged.items():
+                live.log_metric(k, v)
+            live.next_step()
             print(f"{name} epoch {epoch}: train loss {train_scores['loss']:.4f} "
                   f"acc {train_scores['acc']:.3f} | val loss {val_scores['loss']:.4f} "
                   f"acc {val_scores['acc']:.3f} f1 {val_scores['f1_macro']:.3f}", flush=True)
             if val_scores["loss"] < best["val_loss"]:
                 best = {f"val_{k}": v for k, v in val_scores.items()} | {"epoch": epoch}
-                best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-            elif epoch - best["epoch"] >= t.patience:
-                print(f"{name}: early stop, no better validation loss for {t.patience} epochs")
-                break
-            live.next_step()
-        summary = {"epochs": epochs_run, "best_epoch": best["epoch"],
+                state["best_state"] = {k: v.detach().cpu().clone()
+                                       for k, v in model.state_dict().items()}
+            state |= {"epoch": epoch, "history": state["history"] + [logged], "best": best,
+                      "seconds": time.perf_counter() - started}
+            torch_save(resume_path, state | {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+        summary = {"epochs": state["epoch"], "best_epoch": best["epoch"],
                    "train_seconds": round(time.perf_counter() - started, 1),
                    "trainable_params": trainable, "total_params": total,
                    "best": {k: v for k, v in best.items() if k != "epoch"}}
         live.summary.update(summary)
-    torch_save(MODELS_DIR / name / "model.pt", checkpoint(model, variant, best_state))
+    torch_save(MODELS_DIR / name / "model.pt",
+               checkpoint(variant, state["best_state"], train["images"].shape[-1]))
     write_json(MODELS_DIR / name / "summary.json", summary)
+    resume_path.unlink()
     return summary
 
 

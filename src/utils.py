@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -19,17 +20,23 @@ class StageError(RuntimeError):
     """A problem the user can fix; printed as one line, never as a traceback."""
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def stage_main(fn):
-    """Run a stage's main(): known problems become one line on stderr and exit status 1."""
+    """Run a stage's main(): known problems become one line on stderr and exit status 1;
+    SIGINT and SIGTERM stop it with one line (training resumes when the stage is rerun)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return fn(*args, **kwargs)
         except (ConfigError, StageError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print("interrupted; rerun the stage to continue", file=sys.stderr)
             sys.exit(130)
     return wrapper
 
@@ -38,12 +45,18 @@ def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a reader never sees a half
     written file, and a failure leaves the previous version in place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise StageError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder: say which file, keep the old one
+        Path(tmp).unlink(missing_ok=True)
+        raise StageError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

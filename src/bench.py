@@ -1,0 +1,166 @@
+"""Training throughput: the pipeline's training step against a plain PyTorch loop like the
+study's, in the same run, on the same data, for the same training run.
+
+    python -m src.bench [--quick] [--epochs 3] [--variants cnn resnet50 ...]
+
+Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
+fresh process so that peak memory is its own:
+  plain     ImageFolder over the image files, PIL decode and torchvision transforms per sample,
+            a weighted sampler, the full model forward and backward with frozen parameters
+            (float32, BatchNorm statistics drifting, as the study did);
+  pipeline  this project's step: prepared uint8 tensors, frozen layers run once per image and
+            augmentation view, bfloat16 and channels_last where they help; the time of
+            `prepare`'s decoding and of building the cache is counted in.
+and prints images per second, their ratio and peak memory as a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from torchvision import datasets
+from torchvision import transforms as T
+
+from src.config import load_config
+from src.data import RAW_DIR, decode_rgb, letterbox, scan_raw
+from src.engine import Batches, draw_order, train_one_epoch
+from src.models import build_model, forward_train, split_frozen
+from src.transforms import NORMALIZATION, resize
+from src.utils import autocast_dtype, pick_device, seed_everything
+
+def plain_loader(variant, draws: int) -> DataLoader:
+    """The study's input pipeline: decode and transform every drawn sample."""
+    spec = NORMALIZATION[variant.arch]
+    steps = [T.Lambda(lambda im: letterbox(im, variant.image_size)), T.ToPILImage(),
+             T.RandomHorizontalFlip(), T.RandomRotation(10), T.ColorJitter(0.1, 0.1)]
+    if spec["grayscale"]:
+        steps.append(T.Grayscale())
+    steps += [T.ToTensor(), T.Normalize(spec["mean"], spec["std"])]
+    dataset = datasets.ImageFolder(str(RAW_DIR / "Data/train"), transform=T.Compose(steps),
+                                   loader=decode_rgb)
+    counts = torch.bincount(torch.tensor(dataset.targets)).float()
+    weights = (1 / counts)[dataset.targets]
+    sampler = WeightedRandomSampler(weights, draws, replacement=True)
+    return DataLoader(dataset, batch_size=variant.train.batch_size, sampler=sampler)
+
+
+def run_plain(variant, epochs: int, draws: int, device) -> int:
+    model = build_model(variant).to(device).train()  # frozen BN drifts, as in the study
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=variant.train.lr)
+    criterion = nn.CrossEntropyLoss()
+    seen = 0
+    for _ in range(epochs):
+        for x, y in plain_loader(variant, draws):
+            x, y = x.to(device), y.to(device)
+            loss, _ = forward_train(model, (x,), y, criterion)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+    return seen
+
+
+def run_pipeline(variant, epochs: int, draws: int, device) -> int:
+    # What `prepare` does once, charged in full to every variant.
+    files, _ = scan_raw(RAW_DIR)
+    size = load_config().prepare.image_size
+    train = [f for f in files if f.split == "train"]
+    images = torch.stack([torch.from_numpy(letterbox(decode_rgb(f.path), size)).permute(2, 0, 1)
+                          for f in train])
+    labels = torch.tensor([sorted({f.label for f in train}).index(f.label) for f in train])
+    weights = (1 / torch.bincount(labels).float())[labels]
+
+    t = variant.train
+    dtype = autocast_dtype(t.precision, device)
+    model = build_model(variant).to(device, memory_format=torch.channels_last)
+    prefix, head = split_frozen(model, variant)
+    generator = torch.Generator().manual_seed(t.seed)
+    batches = Batches(resize(images, variant.image_size), labels, variant.arch, device, dtype,
+                      prefix, t.augment_views, True, generator, t.batch_size, "train")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr)
+    criterion = nn.CrossEntropyLoss()
+    seen = 0
+    for epoch in range(epochs):
+        order = draw_order(weights, draws, generator)
+        train_one_epoch(head, batches, order, t.batch_size, optimizer, criterion, device, dtype,
+                        f"epoch {epoch + 1}")
+        seen += len(order)
+    return seen
+
+
+def measure(name: str, method: str, epochs: int, draws: int) -> dict:
+    """One (variant, method) in this process: images per second and peak resident memory."""
+    variant = load_config().variant(name)
+    seed_everything(variant.train.seed)
+    device = pick_device(variant.train.device)
+    run = run_plain if method == "plain" else run_pipeline
+    start = time.perf_counter()
+    seen = run(variant, epochs, draws, device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": name, "method": method, "images": seen, "seconds": round(seconds, 1),
+            "images_per_s": round(seen / seconds, 2), "peak_mb": round(peak)}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch of 64 draws per variant")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--draws", type=int, default=0,
+                        help="images per epoch (default: train.draws_per_epoch, 0 = the split)")
+    parser.add_argument("--variants", nargs="+")
+    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cfg = load_config()
+    if args.quick:
+        epochs, draws = 1, 64
+    else:
+        train_files = [f for f in scan_raw(RAW_DIR)[0] if f.split == "train"]
+        epochs, draws = args.epochs, args.draws or cfg.train.draws_per_epoch or len(train_files)
+    if args.one:
+        print(json.dumps(measure(*args.one, epochs, draws)))
+        return 0
+    print(f"{machine()}; {epochs} epoch(s) of {draws} draws per variant\n")
+    print("| variant | plain img/s | pipeline img/s | speed-up | plain peak MB | "
+          "pipeline peak MB |\n| --- | --- | --- | --- | --- | --- |", flush=True)
+    for name in args.variants or list(cfg.variants):
+        result = {}
+        for method in ("plain", "pipeline"):
+            cmd = [sys.executable, "-m", "src.bench", "--one", name, method, "--epochs",
+                   str(epochs), "--draws", str(draws)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(f"error: {name} {method}: {done.stderr.strip().splitlines()[-1]}",
+                      file=sys.stderr)
+                return 1
+            result[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        plain, ours = result["plain"], result["pipeline"]
+        print(f"| {name} | {plain['images_per_s']} | {ours['images_per_s']} | "
+              f"{ours['images_per_s'] / plain['images_per_s']:.1f}x | {plain['peak_mb']} | "
+              f"{ours['peak_mb']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

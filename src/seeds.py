@@ -1,0 +1,88 @@
+"""Seed variability: mean and standard deviation of every variant's test metrics over the
+experiments that differ only in `train.seed`.
+
+    dvc exp run --queue -S 'train.seed=1,2,3'
+    dvc queue start -j 2        # then wait until `dvc queue status` shows them done
+    python -m src.seeds         # reads `dvc exp show --json`; or: python -m src.seeds FILE.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+SCORES = (("test", "accuracy"), ("test", "f1_macro"), ("test", "f1_weighted"),
+          ("test_leak_free", "f1_weighted"))
+
+
+def runs(shown: list) -> list[dict]:
+    """Every commit and experiment of `dvc exp show --json` that has params and metrics."""
+    found = []
+    for commit in shown:
+        entries = [commit] + [e["revs"][0] for e in commit.get("experiments") or []]
+        for entry in entries:
+            data = entry.get("data") or {}
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+            metrics = {path: m.get("data") for path, m in (data.get("metrics") or {}).items()}
+            if params and metrics:
+                found.append({"name": entry.get("name") or entry["rev"][:7], "params": params,
+                              "metrics": metrics})
+    return found
+
+
+def seed_groups(found: list[dict]) -> dict[str, list[dict]]:
+    """Runs keyed by their params without train.seed; one run per seed."""
+    groups = defaultdict(dict)
+    for run in found:
+        params = json.loads(json.dumps(run["params"]))
+        seed = params["train"].pop("seed")
+        groups[json.dumps(params, sort_keys=True)].setdefault(seed, run)
+    return {key: list(by_seed.values()) for key, by_seed in groups.items() if len(by_seed) > 1}
+
+
+def summary_table(group: list[dict]) -> str:
+    variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
+    seeds = sorted(r["params"]["train"]["seed"] for r in group)
+    lines = [f"Seeds {seeds}: mean ± standard deviation over {len(group)} runs", "",
+             "| variant | " + " | ".join(f"{part.replace('test_leak_free', 'leak-free')} {s}"
+                                         for part, s in SCORES) + " |",
+             "|" + " --- |" * (len(SCORES) + 1)]
+    for v in variants:
+        cells = []
+        for part, score in SCORES:
+            values = [r["metrics"].get(f"metrics/{v}.json", {}).get(part, {}).get(score)
+                      for r in group]
+            values = [x for x in values if x is not None]
+            cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+                         if len(values) > 1 else "-")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shown", nargs="?", help="saved `dvc exp show --json` output")
+    args = parser.parse_args(argv)
+    if args.shown:
+        text = open(args.shown).read()
+    else:
+        result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if result.returncode:
+            print(f"error: dvc exp show failed: {result.stderr.strip().splitlines()[-1]}",
+                  file=sys.stderr)
+            return 1
+        text = result.stdout
+    groups = seed_groups(runs(json.loads(text)))
+    if not groups:
+        print("error: no experiments that differ only in train.seed; run "
+              "dvc exp run --queue -S 'train.seed=1,2,3' and dvc queue start first", file=sys.stderr)
+        return 1
+    print("\n".join(summary_table(g) for g in groups.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

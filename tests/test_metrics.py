@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from src.explain import grad_cam
+from src.metrics import (_scores_from_confusion, bootstrap_ci, confusion,
+                         expected_calibration_error, fit_temperature, headline, mcnemar, report)
+
+
+def test_headline_matches_a_hand_computed_report():
+    targets = [0, 0, 1, 1, 2, 3]
+    predictions = [0, 1, 1, 1, 2, 2]
+    h = headline(report(targets, predictions))
+    assert h["accuracy"] == round(4 / 6, 4)
+    # F1 per class: 2/3, 4/5, 2/3, 0
+    assert h["f1_per_class"] == {"adenocarcinoma": 0.6667, "large_cell_carcinoma": 0.8,
+                                 "normal": 0.6667, "squamous_cell_carcinoma": 0.0}
+    assert h["f1_macro"] == round((2 / 3 + 0.8 + 2 / 3) / 4, 4)
+    assert h["f1_weighted"] == round((2 * 2 / 3 + 2 * 0.8 + 2 / 3) / 6, 4)
+
+
+def test_scores_from_confusion_agree_with_sklearn():
+    rng = np.random.default_rng(1)
+    targets, predictions = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    acc, macro, weighted = _scores_from_confusion(confusion(targets, predictions))
+    assert acc == pytest.approx(accuracy_score(targets, predictions))
+    assert macro == pytest.approx(f1_score(targets, predictions, average="macro"))
+    assert weighted == pytest.approx(f1_score(targets, predictions, average="weighted"))
+
+
+def test_bootstrap_intervals():
+    targets = np.repeat(np.arange(4), 25)
+    assert bootstrap_ci(targets, targets) == {"accuracy": [1.0, 1.0], "f1_macro": [1.0, 1.0],
+                                              "f1_weighted": [1.0, 1.0]}
+    predictions = targets.copy()
+    predictions[::4] = (predictions[::4] + 1) % 4  # 75% right
+    ci = bootstrap_ci(targets, predictions, seed=3)
+    assert ci == bootstrap_ci(targets, predictions, seed=3)  # seeded
+    low, high = ci["accuracy"]
+    assert low < 0.75 < high and high - low == pytest.approx(2 * 1.96 * math.sqrt(.75 * .25 / 100),
+                                                             abs=0.03)
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [
+    (1, 5, 2 * (1 + 6) / 2 ** 6),       # exact binomial, n = 6
+    (0, 10, 2 / 2 ** 10),
+    (3, 3, 1.0),
+    (0, 0, 1.0),
+])
+def test_mcnemar_exact_p_values(only_a, only_b, p):
+    both = 7
+    targets = np.zeros(only_a + only_b + both + 4, dtype=int)
+    a = np.r_[np.zeros(only_a), np.ones(only_b), np.zeros(both), np.ones(4)]
+    b = np.r_[np.ones(only_a), np.zeros(only_b), np.zeros(both), np.ones(4)]
+    result = mcnemar(targets, a, b)
+    assert (result["only_a"], result["only_b"]) == (only_a, only_b)
+    assert result["p_value"] == pytest.approx(p, abs=1e-6)
+
+
+def test_expected_calibration_error():
+    probabilities = np.tile([0.9, 0.1 / 3, 0.1 / 3, 0.1 / 3], (10, 1))
+    half_right = np.array([0] * 5 + [1] * 5)
+    assert expected_calibration_error(probabilities, half_right)["ece"] == pytest.approx(0.4)
+    calibrated = np.tile([0.8, 0.2 / 3, 0.2 / 3, 0.2 / 3], (10, 1))
+    assert expected_calibration_error(calibrated, [0] * 8 + [1] * 2)["ece"] == pytest.approx(0)
+
+
+def test_temperature_cools_an_overconfident_model():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 4, (400,))
+    logits = torch.randn(400, 4)
+    logits[torch.arange(400), targets] += 1.0
+    assert fit_temperature(logits * 5, targets) > 2  # too sharp: T > 1 softens it
+    assert fit_temperature(logits / 5, targets) < 0.5
+
+
+def test_grad_cam_is_input_sized_and_peaks_on_the_planted_feature():
+    detector = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    nn.init.constant_(detector.weight, 1 / 9)
+    relu, classifier = nn.ReLU(), nn.Linear(1, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.tensor([[1.0], [-1.0]]))  # class 0: "the feature is there"
+    model = nn.Sequential(detector, relu, nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier).eval()
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 20:26, 4:10] = 1.0  # the planted feature, bottom left
+    heatmap, probabilities = grad_cam(model, relu, x, target=torch.tensor([0]))
+    assert heatmap.shape == (1, 32, 32) and probabilities.shape == (1, 2)
+    row, col = divmod(int(heatmap[0].argmax()), 32)
+    assert 20 <= row < 26 and 4 <= col < 10
+    assert heatmap[0, :10, 16:].max() == 0  # nothing where the image is empty

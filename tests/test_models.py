@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from src.config import parse_config
+from src.models import build_model, count_parameters, set_train_mode, split_frozen
+from tests.conftest import shipped_params
+
+
+def variant(name, **train):
+    raw = shipped_params()
+    raw["train"].update({"weights": "none", **train})
+    return parse_config(raw).variant(name)
+
+
+@pytest.mark.parametrize("name, trainable, total", [
+    ("cnn", 14_547_908, 14_547_908),            # the study's CNN, from scratch
+    ("resnet50_fc", 8_196, 23_516_228),         # fc only
+    ("resnet50", 14_972_932, 23_516_228),       # layer4 + fc
+    ("inception_v3_fc", 11_272, 24_354_536),    # fc + AuxLogits.fc
+    ("inception_v3", 15_388_680, 24_354_536),   # Mixed_7a/7b/7c + fc + aux branch
+])
+def test_trainable_parameters_match_the_study(name, trainable, total):
+    assert count_parameters(build_model(variant(name))) == (trainable, total)
+
+
+@pytest.mark.parametrize("name, size", [("resnet50_fc", 64), ("resnet50", 64),
+                                        ("inception_v3_fc", 299), ("inception_v3", 299)])
+def test_frozen_prefix_then_head_equals_the_whole_network(name, size):
+    v = variant(name)
+    model = build_model(v).eval()
+    prefix, head = split_frozen(model, v)
+    assert not any(p.requires_grad for p in prefix.parameters())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        features = prefix(x)
+        features = features if isinstance(features, tuple) else (features,)
+        assert torch.allclose(head.eval()(*features), model(x), atol=1e-5)
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_while_training():
+    model = build_model(variant("resnet50"))
+    set_train_mode(model)
+    assert not model.bn1.training and not model.layer3[0].bn1.training
+    assert model.layer4[0].bn1.training and model.training
+    before = model.layer3[0].bn1.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    assert torch.equal(model.layer3[0].bn1.running_mean, before)
+
+
+def test_inception_trains_with_the_auxiliary_loss():
+    v = variant("inception_v3")
+    _, head = split_frozen(build_model(v), v)
+    set_train_mode(head)
+    out = head(torch.randn(2, 768, 17, 17))
+    assert isinstance(out, tuple) and out[0].shape == out[1].shape == (2, 4)
+
+
+def test_missing_imagenet_weights_name_the_file_and_the_way_out(monkeypatch):
+    from torchvision.models import ResNet50_Weights
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
+    with pytest.raises(Exception) as err:
+        build_model(variant("resnet50", weights="imagenet"))
+    message = str(err.value)
+    assert "resnet50-11ad3fa6.pth" in message and "checkpoints" in message
+    assert "train.weights=none" in message
+
+
+def test_weights_from_a_local_state_dict_file(tmp_path):
+    from torchvision.models import resnet50
+    reference = resnet50(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r50.pth")
+    model = build_model(variant("resnet50", weights=str(tmp_path / "r50.pth")))
+    assert torch.equal(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)

@@ -1,0 +1,138 @@
+"""End to end: the real `dvc repro` on the shipped sample, in a temporary Git repository."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+VARIANTS = ["cnn", "resnet50_fc", "resnet50", "inception_v3_fc", "inception_v3"]
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test",
+       "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
+       "GIT_COMMITTER_EMAIL": "test@example.com"}
+
+
+def sh(repo, *cmd) -> str:
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def queued_results(shown: list) -> dict:
+    """{cnn learning rate: cnn's best validation loss} of the experiments in `dvc exp show`."""
+    results = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["variants"]["cnn"]["lr"]
+            if lr is not None:
+                results[lr] = data["metrics"]["metrics/cnn.json"]["data"]["train"]["best"]["val_loss"]
+    return results
+
+
+def set_params(repo, edit) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("project")
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "data/sample", repo / "data/sample")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+
+    def tiny(p):  # the shipped params, made small enough for a test
+        p["data"]["source"] = "sample"
+        p["train"].update(weights="none", max_epochs=2, patience=2, augment_views=2, batch_size=8)
+        for v in p["variants"].values():
+            if v["arch"] != "inception_v3":
+                v["image_size"] = 64  # Inception's auxiliary branch needs 299
+    set_params(repo, tiny)
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "project")
+    return repo
+
+
+def test_dvc_repro_end_to_end(repo):
+    # A full run: every stage once, and nothing left modified in dvc.yaml or params.yaml.
+    out = sh(repo, "dvc", "repro")
+    expected = {"download", "prepare", "floor", "compare", "release"} | \
+        {f"{s}@{v}" for s in ("train", "evaluate") for v in VARIANTS}
+    assert stages_run(out) == expected
+    assert sh(repo, "git", "status", "--porcelain", "dvc.yaml", "params.yaml") == ""
+    assert len(sh(repo, "dvc", "stage", "list").strip().splitlines()) == len(expected)
+
+    metrics = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
+    files = metrics[""]["data"]  # "" is the workspace
+    for v in VARIANTS:
+        m = files[f"metrics/{v}.json"]["data"]
+        assert 0 <= m["test"]["f1_weighted"] <= 1 and m["test"]["support"] == 16
+        assert m["test_leak_free"]["support"] == 15  # the shipped duplicate of a train image
+        assert m["train"]["epochs"] <= 2 and m["train"]["trainable_params"] > 0
+    assert files["release/metrics.json"]["data"]["model"] == "resnet50"
+    table = (repo / "reports/comparison.md").read_text()
+    assert all(f"| {v} |" in table for v in VARIANTS + ["floor"])
+    for image in ("confusion", "reliability", "gradcam"):
+        assert (repo / f"reports/cnn/images/{image}.png").stat().st_size > 0
+    assert "Not for diagnosis" in (repo / "release/MODEL_CARD.md").read_text()
+    assert (repo / "reports/data/report.json").exists()
+    assert (repo / "release/model.pt").exists()
+
+    # A second run does nothing.
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+    assert stages_run(sh(repo, "dvc", "repro")) == set()
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    baseline = sh(repo, "git", "rev-parse", "HEAD").strip()
+
+    # One variant's setting reruns that variant, the comparison, and nothing else.
+    out = sh(repo, "dvc", "exp", "run", "-S", "variants.cnn.lr=0.01")
+    assert stages_run(out) == {"train@cnn", "evaluate@cnn", "compare"}
+    sh(repo, "git", "checkout", "--", ".")
+    sh(repo, "dvc", "checkout", "-q")
+
+    # Switching the released model retrains nothing (the table's McNemar column pairs models
+    # with the released one, so it is redrawn).
+    out = sh(repo, "dvc", "exp", "run", "-S", "model=cnn")
+    assert stages_run(out) == {"compare", "release"}
+    assert json.loads((repo / "release/metrics.json").read_text())["model"] == "cnn"
+    sh(repo, "git", "checkout", "--", ".")
+    sh(repo, "dvc", "checkout", "-q")
+
+    # Three queued experiments, two at a time, each with its own results.
+    for lr in ("0.002", "0.003", "0.004"):
+        sh(repo, "dvc", "exp", "run", "--queue", "-S", f"variants.cnn.lr={lr}")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 600
+    while time.time() < deadline and re.search(r"\b(Queued|Running)\b",
+                                                 sh(repo, "dvc", "queue", "status")):
+        time.sleep(2)
+    status = sh(repo, "dvc", "queue", "status")
+    assert status.count("Success") == 3, status
+    experiments = queued_results(json.loads(sh(repo, "dvc", "exp", "show", "--json")))
+    assert sorted(experiments) == [0.002, 0.003, 0.004, 0.01]  # 0.01: the run above
+    assert len(set(experiments.values())) == 4  # each trained with its own learning rate
+    sh(repo, "dvc", "queue", "stop")
+
+    # Metrics live in Git, so two commits compare without the DVC cache.
+    set_params(repo, lambda p: p["variants"]["cnn"].update(max_epochs=1))
+    assert stages_run(sh(repo, "dvc", "repro")) == {"train@cnn", "evaluate@cnn", "compare"}
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "cnn: one epoch")
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", baseline, "HEAD", "--json"))
+    assert diff["metrics/cnn.json"]["train.epochs"] == {"old": 2, "new": 1, "diff": -1}
+    assert "metrics/resnet50.json" not in diff

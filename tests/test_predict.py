@@ -1,0 +1,78 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.config import CLASSES
+from src.data import decode_rgb, letterbox
+from src.models import StudyCNN
+from src.transforms import model_input, resize
+from tests.conftest import ROOT, random_image
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save({"state_dict": StudyCNN(64).state_dict(), "variant": "cnn", "arch": "cnn",
+                "trainable": "all", "image_size": 64, "prepared_size": 96,
+                "classes": list(CLASSES), "mean": [0.5], "std": [0.5], "grayscale": True}, path)
+    return path
+
+
+def predict(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "src.predict", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+
+
+def test_good_and_bad_files(checkpoint, tmp_path):
+    random_image(1, (300, 200)).convert("RGBA").save(tmp_path / "wide rgba.png")
+    random_image(2, (120, 260)).convert("L").save(tmp_path / "tall gray.jpg")
+    Image.fromarray(np.full((50, 50), 40000, dtype=np.uint16)).save(tmp_path / "sixteen.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    good = (tmp_path / "wide rgba.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 3])
+    files = ["wide rgba.png", "notes.png", "tall gray.jpg", "missing.png", "cut.png",
+             "sixteen.png"]
+    result = predict(*files, "--model", checkpoint, "--json", "--cam", "cams", cwd=tmp_path)
+    assert result.returncode == 1  # not all succeeded
+    errors = result.stderr.strip().splitlines()
+    assert [e.split(":")[1].strip() for e in errors] == ["notes.png", "missing.png", "cut.png"]
+    out = {r["file"]: r for r in json.loads(result.stdout)}
+    assert list(out) == files
+    for name in ("wide rgba.png", "tall gray.jpg", "sixteen.png"):
+        probabilities = out[name]["probabilities"]
+        assert list(probabilities) == list(CLASSES)
+        assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+        assert out[name]["predicted"] == max(probabilities, key=probabilities.get)
+        assert (tmp_path / "cams" / f"{name.rsplit('.', 1)[0]}.png").stat().st_size > 0
+    assert "error" in out["missing.png"]
+
+    # exactly the preprocessing of training: prepare's letterbox, then the variant's resize
+    model = StudyCNN(64)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    square = torch.from_numpy(letterbox(decode_rgb(tmp_path / "wide rgba.png"), 96))
+    x = model_input(resize(square.permute(2, 0, 1).unsqueeze(0).contiguous(), 64), "cnn")
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), 1)[0].tolist()
+    assert list(out["wide rgba.png"]["probabilities"].values()) == pytest.approx(expected, abs=1e-4)
+
+
+def test_table_output_and_success_status(checkpoint, tmp_path):
+    random_image(3).save(tmp_path / "a.png")
+    result = predict("a.png", "--model", checkpoint, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, line = result.stdout.strip().splitlines()
+    assert header.split("\t") == ["file", *CLASSES, "predicted"]
+    assert line.split("\t")[0] == "a.png" and line.split("\t")[-1] in CLASSES
+
+
+def test_missing_model_is_one_line(tmp_path):
+    result = predict("a.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: release/model.pt: not found; run the stage that "
+                                     "makes it first (dvc repro)")

@@ -1,0 +1,117 @@
+"""Training killed mid-run resumes from its last completed epoch and ends where an uninterrupted
+run ends; the same seed gives the same test metrics run after run."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from src import download, prepare
+from src.config import load_config
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def stage(workdir, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=workdir, capture_output=True,
+                            text=True, env=ENV)
+    assert not check or result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """The shipped sample, downloaded and prepared, with a small CNN recipe."""
+    root = tmp_path_factory.mktemp("prepared")
+    shutil.copytree(ROOT / "data/sample", root / "data/sample")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["source"] = "sample"
+    params["train"].update(weights="none", max_epochs=3, patience=10, draws_per_epoch=320,
+                           augment_views=1)
+    params["variants"]["cnn"]["image_size"] = 64
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        download.fetch(load_config())
+        prepare.main()
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def copy_of(prepared, tmp_path, name):
+    work = tmp_path / name
+    shutil.copytree(prepared, work)
+    return work
+
+
+def outcome(work) -> dict:
+    stage(work, "src.evaluate", "cnn")
+    metrics = json.loads((work / "metrics/cnn.json").read_text())
+    history = {}
+    for tsv in sorted((work / "dvclive/cnn/plots/metrics").rglob("*.tsv")):
+        rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+        step, value = rows[0].index("step"), rows[0].index(tsv.stem)
+        history[tsv.name] = [(r[step], r[value]) for r in rows[1:]]  # without the timestamps
+    weights = torch.load(work / "models/cnn/model.pt", weights_only=True)["state_dict"]
+    return {"test": metrics["test"], "leak_free": metrics["test_leak_free"],
+            "best": metrics["train"]["best"], "epochs": metrics["train"]["epochs"],
+            "history": history, "weights": {k: v.sum().item() for k, v in weights.items()}}
+
+
+def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
+    reference = copy_of(prepared, tmp_path, "uninterrupted")
+    stage(reference, "src.train", "cnn")
+    expected = outcome(reference)
+    assert expected["epochs"] == 3
+
+    again = copy_of(prepared, tmp_path, "again")
+    stage(again, "src.train", "cnn")
+    assert outcome(again) == expected  # deterministic on the CPU
+
+    work = copy_of(prepared, tmp_path, "killed")
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", "cnn"], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = work / ".resume/cnn.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    assert not (work / "models/cnn/model.pt").exists()
+    saved_epoch = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= saved_epoch < 3
+
+    result = stage(work, "src.train", "cnn")
+    assert f"resuming after epoch {saved_epoch}" in result.stdout
+    assert outcome(work) == expected
+    assert not state.exists()
+
+
+def test_sigterm_stops_with_one_line_and_other_params_start_afresh(prepared, tmp_path):
+    work = copy_of(prepared, tmp_path, "terminated")
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", "cnn"], cwd=work, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = work / ".resume/cnn.pt"
+    while not state.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted; rerun the stage to continue"
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["variants"]["cnn"]["lr"] = 0.0005
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    result = stage(work, "src.train", "cnn")
+    assert "starting afresh" in result.stdout and "resuming" not in result.stdout
+    assert json.loads((work / "models/cnn/summary.json").read_text())["epochs"] == 3

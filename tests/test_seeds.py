@@ -1,0 +1,34 @@
+import json
+
+from src.seeds import main, runs, seed_groups
+
+
+def experiment(name, seed, lr, f1):
+    params = {"model": "cnn", "train": {"seed": seed, "lr": lr}, "variants": {"cnn": {}}}
+    scores = {"accuracy": f1, "f1_macro": f1, "f1_weighted": f1}
+    metrics = {"metrics/cnn.json": {"data": {"test": scores, "test_leak_free": scores}}}
+    return {"rev": name * 7, "name": name,
+            "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics}}
+
+
+def shown():
+    base = experiment("base", 42, 0.001, 0.50)
+    base["experiments"] = [{"revs": [experiment(n, s, 0.001, f)]}
+                           for n, s, f in (("a", 1, 0.60), ("b", 2, 0.70))]
+    base["experiments"].append({"revs": [experiment("c", 1, 0.01, 0.99)]})  # another recipe
+    return [{"rev": "workspace", "data": {}}, base]
+
+
+def test_runs_are_grouped_by_everything_but_the_seed():
+    groups = list(seed_groups(runs(shown())).values())
+    assert len(groups) == 1
+    assert sorted(r["name"] for r in groups[0]) == ["a", "b", "base"]
+
+
+def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
+    path = tmp_path / "shown.json"
+    path.write_text(json.dumps(shown()))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Seeds [1, 2, 42]" in out
+    assert "| cnn | 0.600 ± 0.100 |" in out  # mean and sample std of 0.5, 0.6, 0.7
