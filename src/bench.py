@@ -2,6 +2,7 @@
 study's, in the same run, on the same data, for the same training run.
 
     python -m src.bench [--quick] [--epochs 3] [--variants cnn resnet50 ...]
+    python -m src.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
 
 Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
 fresh process so that peak memory is its own:
@@ -12,6 +13,10 @@ fresh process so that peak memory is its own:
             augmentation view, bfloat16 and channels_last where they help; the time of
             `prepare`'s decoding and of building the cache is counted in.
 and prints images per second, their ratio and peak memory as a Markdown table.
+
+--repro clones the committed project into a temporary folder, points `data` at the archive
+(source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
+the wall time of each, then the comparison table.
 """
 from __future__ import annotations
 
@@ -21,7 +26,11 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import yaml
 
 import torch
 from torch import nn
@@ -112,6 +121,32 @@ def measure(name: str, method: str, epochs: int, draws: int) -> dict:
             "images_per_s": round(seen / seconds, 2), "peak_mb": round(peak)}
 
 
+def timed_repro(archive: str) -> int:
+    """Every stage of a full `dvc repro` on the real data, each timed on its own."""
+    work = Path(tempfile.mkdtemp(prefix="bench-repro-")) / "project"
+    subprocess.run(["git", "clone", "-q", ".", str(work)], check=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"].update(source="local", archive=str(Path(archive).resolve()))
+    params["train"]["weights"] = "none"  # ImageNet weights may be out of reach; same compute
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=work, check=True,
+                            capture_output=True, text=True).stdout.split()
+    print(f"{machine()}; dvc repro in {work}\n\n| stage | seconds |\n| --- | --- |", flush=True)
+    total = time.perf_counter()
+    for stage in stages:
+        start = time.perf_counter()
+        done = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=work,
+                              capture_output=True, text=True)
+        (work / f"repro-{stage}.log").write_text(done.stdout + done.stderr)
+        if done.returncode:
+            print(f"error: {stage} failed; see {work}/repro-{stage}.log", file=sys.stderr)
+            return 1
+        print(f"| {stage} | {time.perf_counter() - start:.0f} |", flush=True)
+    print(f"| total | {time.perf_counter() - total:.0f} |\n")
+    print((work / "reports/comparison.md").read_text())
+    return 0
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -130,8 +165,11 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=0,
                         help="images per epoch (default: train.draws_per_epoch, 0 = the split)")
     parser.add_argument("--variants", nargs="+")
+    parser.add_argument("--repro", metavar="ARCHIVE", help="time a full dvc repro on ARCHIVE")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repro:
+        return timed_repro(args.repro)
     cfg = load_config()
     if args.quick:
         epochs, draws = 1, 64
