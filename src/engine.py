@@ -39,7 +39,7 @@ class Batches:
     def __init__(self, images, labels, arch, device, dtype, prefix=None, views=1, augment=True,
                  generator=None, batch_size=64, desc=""):
         self.labels, self.arch, self.device, self.generator = labels, arch, device, generator
-        self.augment, self.prefix = augment, prefix
+        self.augment = augment
         if prefix is None:
             self.images, self.features = images, None
             return

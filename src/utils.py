@@ -41,6 +41,10 @@ def stage_main(fn):
     return wrapper
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a reader never sees a half
     written file, and a failure leaves the previous version in place."""
@@ -53,6 +57,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a read-only folder: say which file, keep the old one
         Path(tmp).unlink(missing_ok=True)

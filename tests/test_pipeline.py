@@ -99,6 +99,14 @@ def test_dvc_repro_end_to_end(repo):
     sh(repo, "git", "commit", "-qm", "baseline")
     baseline = sh(repo, "git", "rev-parse", "HEAD").strip()
 
+    # An unknown name in `model` stops the run with the five valid ones.
+    set_params(repo, lambda p: p.update(model="vgg16"))
+    failed = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=ENV)
+    assert failed.returncode != 0
+    assert "error: model: 'vgg16' is not allowed; use one of cnn, resnet50_fc, resnet50, " \
+        "inception_v3_fc, inception_v3" in failed.stderr
+    sh(repo, "git", "checkout", "--", ".")
+
     # One variant's setting reruns that variant, the comparison, and nothing else.
     out = sh(repo, "dvc", "exp", "run", "-S", "variants.cnn.lr=0.01")
     assert stages_run(out) == {"train@cnn", "evaluate@cnn", "compare"}
