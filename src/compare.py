@@ -25,11 +25,14 @@ STUDY = {("cnn", "all"): (0.565, 0.577, 0.494),
 SCORES = ("accuracy", "f1_macro", "f1_weighted")
 
 
-def predictions(name: str) -> list[int]:
+def predictions(name: str) -> tuple[list[int], list[int]]:
+    """True and predicted classes of the test images, in test order."""
     path = REPORTS_DIR / name / "predictions.json"
     if not path.exists():
         raise StageError(f"{path}: not found; run `dvc repro` to make it")
-    return [CLASSES.index(r["predicted"]) for r in json.loads(path.read_text())]
+    rows = json.loads(path.read_text())
+    return ([CLASSES.index(r["actual"]) for r in rows],
+            [CLASSES.index(r["predicted"]) for r in rows])
 
 
 def row(name: str, released: str, **extra) -> dict:
@@ -41,10 +44,9 @@ def row(name: str, released: str, **extra) -> dict:
             out[f"{key}_{score}_low"], out[f"{key}_{score}_high"] = m[part]["ci95"][score]
         out[f"{key}_ece"] = m[part]["ece"]
         out[f"{key}_ece_scaled"] = m[part].get("ece_scaled")
-    test_files = json.loads((REPORTS_DIR / name / "predictions.json").read_text())
-    targets = [CLASSES.index(r["actual"]) for r in test_files]
-    out["mcnemar_p_vs_released"] = None if name == released else \
-        mcnemar(targets, predictions(name), predictions(released))["p_value"]
+    if name != released:
+        targets, ours = predictions(name)
+        out["mcnemar_p_vs_released"] = mcnemar(targets, ours, predictions(released)[1])["p_value"]
     return out
 
 

@@ -88,7 +88,6 @@ def evaluate_variant(name: str) -> dict:
                               expected_calibration_error(scaled, targets), temperature,
                               f"{name}: test calibration", out / "images/reliability.png")
     chosen = cam_examples(targets, predictions)
-    model.float()
     write_cams(model, variant.arch, resize(test["images"][chosen], variant.image_size),
                targets[chosen], device, out / "images/gradcam.png")
 

@@ -93,10 +93,10 @@ def balance_weights(labels: torch.Tensor, method: str) -> tuple[torch.Tensor, to
     return ones_s, ones_c
 
 
-def count_by(records, key=lambda r: r["file"]) -> dict:
+def count_by(files) -> dict:
+    """Images per split and class."""
     out = {s: {c: 0 for c in CLASSES} for s in SPLITS}
-    for r in records:
-        f = key(r)
+    for f in files:
         out[f.split][f.label] += 1
     return out
 
@@ -170,7 +170,7 @@ def main() -> None:
     skipped += undecodable
     dup = find_duplicates(kept)
     splits = build_splits(kept, dup, cfg.prepare.balance)
-    raw_counts = count_by([{"file": f} for f in files])
+    raw_counts = count_by(files)
     report = write_report(raw_counts, kept, dup, skipped, splits, cfg.prepare.image_size,
                           cfg.prepare.balance)
     write_figures(raw_counts, report, splits)
