@@ -144,3 +144,13 @@ def test_dvc_repro_end_to_end(repo):
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", baseline, "HEAD", "--json"))
     assert diff["metrics/cnn.json"]["train.epochs"] == {"old": 2, "new": 1, "diff": -1}
     assert "metrics/resnet50.json" not in diff
+
+    # A DVC remote (a local folder here) shares data, models and results with another machine.
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(repo.parent / "remote"))
+    sh(repo, "git", "commit", "-qam", "remote")
+    sh(repo, "dvc", "push", "-q")
+    clone = repo.parent / "clone"
+    sh(repo.parent, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "pull", "-q")
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+    assert (clone / "release/model.pt").read_bytes() == (repo / "release/model.pt").read_bytes()
