@@ -32,9 +32,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import datasets
@@ -45,7 +44,14 @@ from src.data import RAW_DIR, decode_rgb, letterbox, scan_raw
 from src.engine import Batches, draw_order, train_one_epoch
 from src.models import build_model, forward_train, split_frozen
 from src.transforms import NORMALIZATION, resize
+from src.prepare import balance_weights
 from src.utils import autocast_dtype, pick_device, seed_everything
+
+
+def without_download(variant):
+    """Random initialization: the same compute as ImageNet weights, and no download."""
+    return replace(variant, train=replace(variant.train, weights="none"))
+
 
 def plain_loader(variant, draws: int) -> DataLoader:
     """The study's input pipeline: decode and transform every drawn sample."""
@@ -97,7 +103,7 @@ def run_pipeline(variant, epochs: int, draws: int, device) -> tuple[float, list[
     images = torch.stack([torch.from_numpy(letterbox(decode_rgb(f.path), size)).permute(2, 0, 1)
                           for f in train])
     labels = torch.tensor([sorted({f.label for f in train}).index(f.label) for f in train])
-    weights = (1 / torch.bincount(labels).float())[labels]
+    weights, _ = balance_weights(labels, "oversample")
     t = variant.train
     dtype = autocast_dtype(t.precision, device)
     model = build_model(variant).to(device, memory_format=torch.channels_last)
@@ -119,9 +125,7 @@ def run_pipeline(variant, epochs: int, draws: int, device) -> tuple[float, list[
 def measure(name: str, method: str, epochs: int, draws: int) -> dict:
     """One (variant, method) in this process: images per second over the whole run (setup
     included) and over the epochs alone, and peak memory."""
-    variant = load_config().variant(name)
-    # Random initialization: the same compute as ImageNet weights, and no download.
-    variant = replace(variant, train=replace(variant.train, weights="none"))
+    variant = without_download(load_config().variant(name))
     seed_everything(variant.train.seed)
     device = pick_device(variant.train.device)
     run = run_plain if method == "plain" else run_pipeline
@@ -171,8 +175,7 @@ def time_predict(image: Path) -> dict:
     from src.transforms import normalize
     from src.utils import torch_save
 
-    variant = load_config().variant("resnet50")
-    variant = replace(variant, train=replace(variant.train, weights="none"))  # as in measure()
+    variant = without_download(load_config().variant("resnet50"))
     path = Path(tempfile.mkdtemp()) / "model.pt"
     torch_save(path, checkpoint(variant, build_model(variant).state_dict(), 299))
     load, classify = [], []

@@ -27,6 +27,7 @@ from src.models import MODELS_DIR, load_checkpoint
 from src.transforms import normalize, resize
 from src.utils import autocast_dtype, pick_device, stage_main, write_json, write_text
 
+
 def cam_examples(targets: np.ndarray, predictions: np.ndarray) -> list[int]:
     """A fixed set of test images: per class, the first one predicted right and the first one
     predicted wrong, in file order."""
