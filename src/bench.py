@@ -1,7 +1,7 @@
 """Training throughput: the pipeline's training step against a plain PyTorch loop like the
 study's, in the same run, on the same data, for the same training run.
 
-    python -m src.bench [--quick] [--epochs 3] [--variants cnn resnet50 ...]
+    python -m src.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
     python -m src.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
 
 Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
@@ -13,7 +13,10 @@ fresh process so that peak memory is its own:
             augmentation view, bfloat16 and channels_last where they help; the time of
             `prepare`'s decoding and of building the cache is counted in.
 and prints images per second over the whole run (setup included) and over the epochs alone,
-their ratios and peak memory as a Markdown table.
+their ratios and peak memory as a Markdown table. The pipeline runs every epoch of the training
+run (default: train.max_epochs, no early stopping). The plain loop has no setup and the same cost
+every epoch, so its throughput is measured over its first --plain-epochs epochs (their spread is
+printed): timing all 30 would take hours per variant on a laptop CPU.
 
 --repro clones the committed project into a temporary folder, points `data` at the archive
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
@@ -43,7 +46,7 @@ from src.config import load_config
 from src.data import RAW_DIR, decode_rgb, letterbox, scan_raw
 from src.engine import Batches, draw_order, train_one_epoch
 from src.models import build_model, forward_train, split_frozen
-from src.transforms import NORMALIZATION, resize
+from src.transforms import NORMALIZATION, preset
 from src.prepare import balance_weights
 from src.utils import autocast_dtype, pick_device, seed_everything
 
@@ -109,8 +112,8 @@ def run_pipeline(variant, epochs: int, draws: int, device) -> tuple[float, list[
     model = build_model(variant).to(device, memory_format=torch.channels_last)
     prefix, head = split_frozen(model, variant)
     generator = torch.Generator().manual_seed(t.seed)
-    batches = Batches(resize(images, variant.image_size), labels, variant.arch, device, dtype,
-                      prefix, t.augment_views, True, generator, t.batch_size, "train")
+    batches = Batches(preset(images, variant), labels, variant.arch, device, dtype, prefix,
+                      t.augment_views, t.augment, generator, t.batch_size, "train")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr)
     criterion = nn.CrossEntropyLoss()
     setup = time.perf_counter() - start
@@ -124,7 +127,7 @@ def run_pipeline(variant, epochs: int, draws: int, device) -> tuple[float, list[
 
 def measure(name: str, method: str, epochs: int, draws: int) -> dict:
     """One (variant, method) in this process: images per second over the whole run (setup
-    included) and over the epochs alone, and peak memory."""
+    included) and over the epochs alone, the slowest and fastest epoch, and peak memory."""
     variant = without_download(load_config().variant(name))
     seed_everything(variant.train.seed)
     device = pick_device(variant.train.device)
@@ -135,6 +138,7 @@ def measure(name: str, method: str, epochs: int, draws: int) -> dict:
     images = epochs * draws
     return {"variant": name, "method": method, "setup_s": round(setup, 1),
             "epoch_s": round(sum(epoch_seconds) / epochs, 2),
+            "epoch_s_range": [round(min(epoch_seconds), 2), round(max(epoch_seconds), 2)],
             "images_per_s": round(images / (setup + sum(epoch_seconds)), 2),
             "epoch_images_per_s": round(draws * epochs / sum(epoch_seconds), 2),
             "peak_mb": round(peak)}
@@ -204,7 +208,10 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch of 64 draws per variant")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="epochs of the training run (default: train.max_epochs)")
+    parser.add_argument("--plain-epochs", type=int, default=1,
+                        help="epochs over which the plain loop's throughput is measured")
     parser.add_argument("--draws", type=int, default=0,
                         help="images per epoch (default: train.draws_per_epoch, 0 = the split)")
     parser.add_argument("--variants", nargs="+")
@@ -221,21 +228,25 @@ def main() -> int:
         return 0
     cfg = load_config()
     if args.quick:
-        epochs, draws = 1, 64
+        epochs = plain_epochs = 1
+        draws = 64
     else:
         train_files = [f for f in scan_raw(RAW_DIR)[0] if f.split == "train"]
-        epochs, draws = args.epochs, args.draws or cfg.train.draws_per_epoch or len(train_files)
+        epochs = args.epochs or cfg.train.max_epochs
+        plain_epochs = min(args.plain_epochs, epochs)
+        draws = args.draws or cfg.train.draws_per_epoch or len(train_files)
     if args.one:
         print(json.dumps(measure(*args.one, epochs, draws)))
         return 0
-    print(f"{machine()}; {epochs} epoch(s) of {draws} draws per variant\n")
-    print("| variant | plain img/s | pipeline img/s (setup s) | speed-up | per-epoch speed-up | "
-          "plain peak MB | pipeline peak MB |\n|" + " --- |" * 7, flush=True)
+    print(f"{machine()}; a training run of {epochs} epoch(s) of {draws} draws per variant; the "
+          f"plain loop timed over {plain_epochs} of them\n")
+    print("| variant | plain img/s (epoch s, min-max) | pipeline img/s (setup s) | speed-up | "
+          "per-epoch speed-up | plain peak MB | pipeline peak MB |\n|" + " --- |" * 7, flush=True)
     for name in args.variants or list(cfg.variants):
         result = {}
-        for method in ("plain", "pipeline"):
+        for method, n in (("plain", plain_epochs), ("pipeline", epochs)):
             cmd = [sys.executable, "-m", "src.bench", "--one", name, method, "--epochs",
-                   str(epochs), "--draws", str(draws)]
+                   str(n), "--draws", str(draws)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(f"error: {name} {method}: {done.stderr.strip().splitlines()[-1]}",
@@ -243,7 +254,8 @@ def main() -> int:
                 return 1
             result[method] = json.loads(done.stdout.strip().splitlines()[-1])
         plain, ours = result["plain"], result["pipeline"]
-        print(f"| {name} | {plain['images_per_s']} | {ours['images_per_s']} "
+        low, high = plain["epoch_s_range"]
+        print(f"| {name} | {plain['images_per_s']} ({low}-{high}) | {ours['images_per_s']} "
               f"({ours['setup_s']}) | {ours['images_per_s'] / plain['images_per_s']:.1f}x | "
               f"{ours['epoch_images_per_s'] / plain['epoch_images_per_s']:.1f}x | "
               f"{plain['peak_mb']} | {ours['peak_mb']} |", flush=True)

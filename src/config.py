@@ -58,6 +58,9 @@ class TrainConfig:
     weights: str
     device: str
     precision: str
+    framing: str
+    intensity: str
+    augment: str
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ def _check_train(t: TrainConfig, key: str) -> None:
     _at_least(t.weight_decay, 0, f"{key}.weight_decay")
     _one_of(t.device, ("auto", "cpu", "cuda", "mps"), f"{key}.device")
     _one_of(t.precision, ("auto", "fp32", "bf16"), f"{key}.precision")
+    _one_of(t.framing, ("letterbox", "body", "body_masked"), f"{key}.framing")
+    _one_of(t.intensity, ("as_is", "window"), f"{key}.intensity")
+    _one_of(t.augment, ("study", "strong"), f"{key}.augment")  # transforms.AUGMENT
     if t.weights not in ("imagenet", "none") and not t.weights.endswith((".pt", ".pth")):
         raise ConfigError(f"{key}.weights: '{t.weights}' is not allowed; use imagenet, none "
                           "or the path of a state-dict file (.pt or .pth)")

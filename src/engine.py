@@ -34,9 +34,10 @@ class Batches:
 
     With a frozen prefix: its outputs for `views` augmented copies of every image, computed once
     in eval mode (so exactly what the full network would compute) and picked from at random each
-    epoch. Without one: the uint8 images, augmented on the fly."""
+    epoch. Without one: the uint8 images, augmented on the fly. `augment` names the strength
+    (transforms.AUGMENT); None leaves the images as they are."""
 
-    def __init__(self, images, labels, arch, device, dtype, prefix=None, views=1, augment=True,
+    def __init__(self, images, labels, arch, device, dtype, prefix=None, views=1, augment=None,
                  generator=None, batch_size=64, desc=""):
         self.labels, self.arch, self.device, self.generator = labels, arch, device, generator
         self.augment = augment
@@ -50,7 +51,7 @@ class Batches:
                 view = []
                 for start in range(0, len(images), batch_size):
                     x = model_input(images[start:start + batch_size].to(device), arch,
-                                    generator if augment else None)
+                                    generator if augment else None, augment)
                     out = prefix(x)
                     out = out if isinstance(out, tuple) else (out,)
                     view.append(tuple(o.to("cpu", dtype or torch.float32) for o in out))
@@ -61,7 +62,7 @@ class Batches:
     def get(self, idx: torch.Tensor) -> tuple:
         if self.features is None:
             x = model_input(self.images[idx].to(self.device), self.arch,
-                            self.generator if self.augment else None)
+                            self.generator if self.augment else None, self.augment)
             return (x,)
         view = torch.randint(len(self.features[0]), (len(idx),), generator=self.generator) \
             if self.augment else torch.zeros(len(idx), dtype=torch.long)

@@ -24,7 +24,7 @@ from src.explain import cam_layer, grad_cam
 from src.metrics import (METRICS_DIR, REPORTS_DIR, confusion, expected_calibration_error,
                          fit_temperature, report, report_text, test_metrics, write_predictions)
 from src.models import MODELS_DIR, load_checkpoint
-from src.transforms import normalize, resize
+from src.transforms import normalize, preset
 from src.utils import autocast_dtype, pick_device, stage_main, write_json, write_text
 
 
@@ -60,14 +60,16 @@ def evaluate_variant(name: str) -> dict:
     model, _ = load_checkpoint(MODELS_DIR / name / "model.pt")
     model.to(device, memory_format=torch.channels_last)
 
-    def probabilities_of(split):
-        batches = Batches(resize(split["images"], variant.image_size), split["labels"],
-                          variant.arch, device, dtype, augment=False)
+    def probabilities_of(images, labels):
+        batches = Batches(images, labels, variant.arch, device, dtype)
         return predict(model, batches, t.batch_size, device, dtype)
 
     valid, test = load_split("valid"), load_split("test")
-    temperature = fit_temperature(probabilities_of(valid).clamp_min(1e-12).log(), valid["labels"])
-    probabilities = probabilities_of(test)
+    temperature = fit_temperature(
+        probabilities_of(preset(valid["images"], variant), valid["labels"]).clamp_min(1e-12).log(),
+        valid["labels"])
+    test_images = preset(test["images"], variant)
+    probabilities = probabilities_of(test_images, test["labels"])
     scaled = torch.softmax(probabilities.clamp_min(1e-12).log() / temperature, 1)
     probabilities, scaled = probabilities.numpy(), scaled.numpy()
     predictions = probabilities.argmax(1)
@@ -89,7 +91,7 @@ def evaluate_variant(name: str) -> dict:
                               expected_calibration_error(scaled, targets), temperature,
                               f"{name}: test calibration", out / "images/reliability.png")
     chosen = cam_examples(targets, predictions)
-    write_cams(model, variant.arch, resize(test["images"][chosen], variant.image_size),
+    write_cams(model, variant.arch, test_images[chosen],
                targets[chosen], device, out / "images/gradcam.png")
 
     summary = json.loads((MODELS_DIR / name / "summary.json").read_text())

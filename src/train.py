@@ -24,7 +24,7 @@ from src.config import CLASSES, load_config
 from src.data import PREPARED_DIR, file_digest, load_split
 from src.engine import Batches, draw_order, train_one_epoch, validate
 from src.models import MODELS_DIR, build_model, count_parameters, split_frozen
-from src.transforms import NORMALIZATION, resize
+from src.transforms import NORMALIZATION, preset
 from src.utils import StageError, autocast_dtype, pick_device, seed_everything, stage_main, \
     torch_load, torch_save, write_json
 
@@ -38,7 +38,8 @@ def checkpoint(variant, state_dict: dict, prepared_size: int) -> dict:
     torch.load(weights_only=True) reads."""
     return {"state_dict": state_dict, "variant": variant.name, "arch": variant.arch,
             "trainable": variant.trainable, "image_size": variant.image_size,
-            "prepared_size": prepared_size, "classes": list(CLASSES),
+            "prepared_size": prepared_size, "framing": variant.train.framing,
+            "intensity": variant.train.intensity, "classes": list(CLASSES),
             **NORMALIZATION[variant.arch]}
 
 
@@ -67,12 +68,11 @@ def train_variant(name: str) -> dict:
     train, valid = load_split("train"), load_split("valid")
     generator = torch.Generator().manual_seed(t.seed)
     started = time.perf_counter()
-    train_batches = Batches(resize(train["images"], variant.image_size), train["labels"],
-                            variant.arch, device, dtype, prefix, t.augment_views, True, generator,
+    train_batches = Batches(preset(train["images"], variant), train["labels"], variant.arch,
+                            device, dtype, prefix, t.augment_views, t.augment, generator,
                             t.batch_size, "train")
-    valid_batches = Batches(resize(valid["images"], variant.image_size), valid["labels"],
-                            variant.arch, device, dtype, prefix, 1, False, generator,
-                            t.batch_size, "valid")
+    valid_batches = Batches(preset(valid["images"], variant), valid["labels"], variant.arch,
+                            device, dtype, prefix, 1, None, generator, t.batch_size, "valid")
     criterion = nn.CrossEntropyLoss(weight=train["class_weights"].to(device))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                  weight_decay=t.weight_decay)

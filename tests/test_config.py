@@ -37,6 +37,9 @@ def test_variant_override_wins_over_train_default():
     (lambda p: p["data"].update(source="s3"), "data.source"),
     (lambda p: p["train"].update(device="tpu"), "train.device"),
     (lambda p: p["prepare"].update(balance="smote"), "prepare.balance"),
+    (lambda p: p["variants"]["cnn"].update(framing="crop"),
+     "variants.cnn.framing: 'crop' is not allowed; use one of letterbox, body, body_masked"),
+    (lambda p: p["train"].update(augment="heavy"), "train.augment"),
     (lambda p: p["train"].update(colour="red"), "train.colour: unknown key"),
 ])
 def test_invalid_params_name_the_key_and_allowed_values(edit, message):

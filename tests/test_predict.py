@@ -1,17 +1,18 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from src.config import CLASSES
+from src.config import CLASSES, parse_config
 from src.data import decode_rgb, letterbox
 from src.models import StudyCNN
-from src.transforms import model_input, resize
-from tests.conftest import ROOT, random_image
+from src.transforms import model_input, preset
+from tests.conftest import ROOT, random_image, shipped_params
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save({"state_dict": StudyCNN(64).state_dict(), "variant": "cnn", "arch": "cnn",
-                "trainable": "all", "image_size": 64, "prepared_size": 96,
+                "trainable": "all", "image_size": 64, "prepared_size": 96, "framing": "body",
+                "intensity": "window",
                 "classes": list(CLASSES), "mean": [0.5], "std": [0.5], "grayscale": True}, path)
     return path
 
@@ -52,11 +54,13 @@ def test_good_and_bad_files(checkpoint, tmp_path):
         assert (tmp_path / "cams" / f"{name.rsplit('.', 1)[0]}.png").stat().st_size > 0
     assert "error" in out["missing.png"]
 
-    # exactly the preprocessing of training: prepare's letterbox, then the variant's resize
+    # exactly the preprocessing of training: prepare's letterbox, then the variant's preset
     model = StudyCNN(64)
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
     square = torch.from_numpy(letterbox(decode_rgb(tmp_path / "wide rgba.png"), 96))
-    x = model_input(resize(square.permute(2, 0, 1).unsqueeze(0).contiguous(), 64), "cnn")
+    cnn = parse_config(shipped_params()).variant("cnn")
+    cnn = replace(cnn, image_size=64, train=replace(cnn.train, framing="body", intensity="window"))
+    x = model_input(preset(square.permute(2, 0, 1).unsqueeze(0).contiguous(), cnn), "cnn")
     with torch.no_grad():
         expected = torch.softmax(model.eval()(x), 1)[0].tolist()
     assert list(out["wide rgba.png"]["probabilities"].values()) == pytest.approx(expected, abs=1e-4)
