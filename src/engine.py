@@ -35,14 +35,15 @@ class Batches:
     With a frozen prefix: its outputs for `views` augmented copies of every image, computed once
     in eval mode (so exactly what the full network would compute) and picked from at random each
     epoch. Without one: the uint8 images, augmented on the fly. `augment` names the strength
-    (transforms.AUGMENT); None leaves the images as they are."""
+    (transforms.AUGMENT); None leaves the images as they are. Both live on the training device,
+    so a GPU never waits for a host-to-device copy (a few GB at most for these variants)."""
 
     def __init__(self, images, labels, arch, device, dtype, prefix=None, views=1, augment=None,
                  generator=None, batch_size=64, desc=""):
         self.labels, self.arch, self.device, self.generator = labels, arch, device, generator
         self.augment = augment
         if prefix is None:
-            self.images, self.features = images, None
+            self.images, self.features = images.to(device), None
             return
         prefix.eval()
         cached = []
@@ -54,19 +55,19 @@ class Batches:
                                     generator if augment else None, augment)
                     out = prefix(x)
                     out = out if isinstance(out, tuple) else (out,)
-                    view.append(tuple(o.to("cpu", dtype or torch.float32) for o in out))
+                    view.append(tuple(o.to(dtype or torch.float32) for o in out))
                 cached.append(tuple(torch.cat(parts) for parts in zip(*view)))
         # features[k]: [views, N, ...] for the k-th output of the prefix
         self.features = tuple(torch.stack(parts) for parts in zip(*cached))
 
     def get(self, idx: torch.Tensor) -> tuple:
+        idx = idx.to(self.device)
         if self.features is None:
-            x = model_input(self.images[idx].to(self.device), self.arch,
-                            self.generator if self.augment else None, self.augment)
-            return (x,)
+            return (model_input(self.images[idx], self.arch,
+                                self.generator if self.augment else None, self.augment),)
         view = torch.randint(len(self.features[0]), (len(idx),), generator=self.generator) \
             if self.augment else torch.zeros(len(idx), dtype=torch.long)
-        return tuple(channels_last(f[view, idx].to(self.device).float()) for f in self.features)
+        return tuple(channels_last(f[view.to(self.device), idx].float()) for f in self.features)
 
 
 def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batch_size: int,

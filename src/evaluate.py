@@ -65,10 +65,9 @@ def evaluate_variant(name: str) -> dict:
         return predict(model, batches, t.batch_size, device, dtype)
 
     valid, test = load_split("valid"), load_split("test")
+    valid_images, test_images = preset(valid["images"], variant), preset(test["images"], variant)
     temperature = fit_temperature(
-        probabilities_of(preset(valid["images"], variant), valid["labels"]).clamp_min(1e-12).log(),
-        valid["labels"])
-    test_images = preset(test["images"], variant)
+        probabilities_of(valid_images, valid["labels"]).clamp_min(1e-12).log(), valid["labels"])
     probabilities = probabilities_of(test_images, test["labels"])
     scaled = torch.softmax(probabilities.clamp_min(1e-12).log() / temperature, 1)
     probabilities, scaled = probabilities.numpy(), scaled.numpy()

@@ -19,19 +19,19 @@ from src import plots
 from src.data import decode_rgb, letterbox
 from src.explain import cam_layer, grad_cam
 from src.models import load_checkpoint
-from src.transforms import frame, normalize, resize
+from src.transforms import frame, normalize
 from src.utils import StageError
 
 DEFAULT_MODEL = Path("release/model.pt")
 
 
 def load_image(path: Path, ckpt: dict) -> torch.Tensor:
-    """uint8 [1, 3, S, S]: the letterbox of `prepare`, the variant's framing, then its resize."""
+    """uint8 [1, 3, S, S]: the letterbox of `prepare`, then the variant's framing and size."""
     if not path.is_file():
         raise ValueError("no such file")
     square = torch.from_numpy(letterbox(decode_rgb(path), ckpt["prepared_size"]))
-    framed = frame(square.permute(2, 0, 1).contiguous(), ckpt["framing"], ckpt["intensity"])
-    return resize(framed.unsqueeze(0), ckpt["image_size"])
+    return frame(square.permute(2, 0, 1).contiguous(), ckpt["framing"], ckpt["intensity"],
+                 ckpt["image_size"])[None]
 
 
 def main(argv=None) -> int:

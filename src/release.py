@@ -19,6 +19,13 @@ from src.utils import StageError, atomic_write, stage_main, write_json, write_te
 RELEASE_DIR = Path("release")
 
 
+FRAMING = {"letterbox": "",
+           "body": "crop to the body's bounding box stretched to the square, ",
+           "body_masked": "crop to the body's bounding box stretched to the square with what is "
+                          "not body blacked out, "}
+WINDOW = {"as_is": "", "window": "map the body's 1st-99th gray percentiles to 0-255, "}
+
+
 def interval(m: dict, score: str) -> str:
     low, high = m["ci95"][score]
     return f"{m[score]:.3f} (95% CI {low:.3f}-{high:.3f})"
@@ -66,7 +73,8 @@ Training images after cleaning: {train_counts}. Known problems, handled as follo
 
 ## Preprocessing
 Decode to RGB (transparency over black), letterbox to {data['image_size']}x{data['image_size']}
-(aspect kept, zero padding), resize to {variant.image_size}x{variant.image_size}, scale to [0,1],
+(aspect kept, zero padding), {FRAMING[t.framing]}{WINDOW[t.intensity]}resize to
+{variant.image_size}x{variant.image_size}, scale to [0,1],
 {'grayscale, ' if variant.arch == 'cnn' else ''}normalize per channel as the checkpoint file
 states. `python -m src.predict` applies exactly this.
 

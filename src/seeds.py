@@ -1,5 +1,5 @@
-"""Seed variability: mean and standard deviation of every variant's test metrics over the
-experiments that differ only in `train.seed`.
+"""Seed variability: mean and standard deviation of every variant's validation macro F1 (of the
+chosen checkpoint) and test metrics over the experiments that differ only in `train.seed`.
 
     dvc exp run --queue -S 'train.seed=1,2,3'
     dvc queue start -j 2        # then wait until `dvc queue status` shows them done
@@ -14,15 +14,20 @@ import subprocess
 import sys
 from collections import defaultdict
 
-SCORES = (("test", "accuracy"), ("test", "f1_macro"), ("test", "f1_weighted"),
-          ("test_leak_free", "f1_weighted"))
+# (column, path in metrics/<variant>.json)
+SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
+          ("test accuracy", ("test", "accuracy")), ("test macro F1", ("test", "f1_macro")),
+          ("test weighted F1", ("test", "f1_weighted")),
+          ("leak-free weighted F1", ("test_leak_free", "f1_weighted")))
 
 
 def runs(shown: list) -> list[dict]:
-    """Every commit and experiment of `dvc exp show --json` that has params and metrics."""
+    """Every commit and finished experiment of `dvc exp show --json` that has params and
+    metrics. Queued and running experiments are listed with their baseline's metrics: skipped."""
     found = []
     for commit in shown:
-        entries = [commit] + [e["revs"][0] for e in commit.get("experiments") or []]
+        entries = [commit] + [e["revs"][0] for e in commit.get("experiments") or []
+                              if (e.get("executor") or {}).get("state", "success") == "success"]
         for entry in entries:
             data = entry.get("data") or {}
             params = (data.get("params") or {}).get("params.yaml", {}).get("data")
@@ -43,18 +48,42 @@ def seed_groups(found: list[dict]) -> dict[str, list[dict]]:
     return {key: list(by_seed.values()) for key, by_seed in groups.items() if len(by_seed) > 1}
 
 
+def flat(params: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def distinguishing(groups: dict) -> dict[str, str]:
+    """Per group, the params on which the groups disagree, as `key=value` (empty if one group)."""
+    flats = {key: flat(json.loads(key)) for key in groups}
+    keys = sorted({k for f in flats.values() for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k)) for f in flats.values()}) > 1]
+    return {key: " ".join(f"{k}={f.get(k)}" for k in differ) for key, f in flats.items()}
+
+
+def lookup(metrics: dict | None, path: tuple):
+    for key in path:
+        if not isinstance(metrics, dict):
+            return None
+        metrics = metrics.get(key)
+    return metrics
+
+
 def summary_table(group: list[dict]) -> str:
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
     seeds = sorted(r["params"]["train"]["seed"] for r in group)
     lines = [f"Seeds {seeds}: mean ± standard deviation over {len(group)} runs", "",
-             "| variant | " + " | ".join(f"{part.replace('test_leak_free', 'leak-free')} {s}"
-                                         for part, s in SCORES) + " |",
+             "| variant | " + " | ".join(column for column, _ in SCORES) + " |",
              "|" + " --- |" * (len(SCORES) + 1)]
     for v in variants:
         cells = []
-        for part, score in SCORES:
-            values = [r["metrics"].get(f"metrics/{v}.json", {}).get(part, {}).get(score)
-                      for r in group]
+        for _, path in SCORES:
+            values = [lookup(r["metrics"].get(f"metrics/{v}.json"), path) for r in group]
             values = [x for x in values if x is not None]
             cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
                          if len(values) > 1 else "-")
@@ -80,7 +109,9 @@ def main(argv=None) -> int:
         print("error: no experiments that differ only in train.seed; run "
               "dvc exp run --queue -S 'train.seed=1,2,3' and dvc queue start first", file=sys.stderr)
         return 1
-    print("\n".join(summary_table(g) for g in groups.values()))
+    labels = distinguishing(groups)
+    print("\n".join((f"{labels[key]}\n" if labels[key] else "") + summary_table(group)
+                    for key, group in groups.items()))
     return 0
 
 

@@ -39,14 +39,14 @@ def body_mask(gray: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
 
 
-def frame(image: torch.Tensor, framing: str, intensity: str) -> torch.Tensor:
-    """One letterboxed uint8 [3,S,S] image -> uint8 [3,S,S] per `train.framing` and
+def frame(image: torch.Tensor, framing: str, intensity: str, size: int) -> torch.Tensor:
+    """One letterboxed uint8 [3,S,S] image -> uint8 [3,size,size] per `train.framing` and
     `train.intensity`. `body` crops to the body's bounding box and stretches it to the square,
     so that neither the field of view nor the aspect ratio tells the splits apart;
     `body_masked` also blacks out what is not body (table, text overlays); `window` maps the
     body's 1st to 99th gray-level percentiles to 0..255, as a radiologist's window would."""
     if framing == "letterbox" and intensity == "as_is":
-        return image
+        return resize(image[None], size)[0]
     x = image.float()
     gray = (x * _GRAY[0]).sum(0)
     mask = body_mask(gray.round().to(torch.uint8).numpy())
@@ -58,8 +58,8 @@ def frame(image: torch.Tensor, framing: str, intensity: str) -> torch.Tensor:
     if framing != "letterbox":
         rows, cols = np.nonzero(mask)
         x = x[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        x = F.interpolate(x[None], size=image.shape[-2:], mode="bilinear", antialias=True,
-                          align_corners=False)[0]
+    x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
+                      align_corners=False)[0]
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -73,11 +73,11 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def preset(images: torch.Tensor, variant) -> torch.Tensor:
-    """Prepared uint8 letterboxes -> what the variant trains on: framed, then resized."""
+    """Prepared uint8 letterboxes -> what the variant trains on: framed at its image_size."""
     t = variant.train
-    framed = torch.stack([frame(im, t.framing, t.intensity) for im in images]) \
-        if len(images) else images
-    return resize(framed, variant.image_size)
+    if not len(images):
+        return resize(images, variant.image_size)
+    return torch.stack([frame(im, t.framing, t.intensity, variant.image_size) for im in images])
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "study"

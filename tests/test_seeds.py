@@ -6,7 +6,8 @@ from src.seeds import main, runs, seed_groups
 def experiment(name, seed, lr, f1):
     params = {"model": "cnn", "train": {"seed": seed, "lr": lr}, "variants": {"cnn": {}}}
     scores = {"accuracy": f1, "f1_macro": f1, "f1_weighted": f1}
-    metrics = {"metrics/cnn.json": {"data": {"test": scores, "test_leak_free": scores}}}
+    metrics = {"metrics/cnn.json": {"data": {"test": scores, "test_leak_free": scores,
+                                             "train": {"best": {"val_f1_macro": f1 - 0.1}}}}}
     return {"rev": name * 7, "name": name,
             "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics}}
 
@@ -15,14 +16,18 @@ def shown():
     base = experiment("base", 42, 0.001, 0.50)
     base["experiments"] = [{"revs": [experiment(n, s, 0.001, f)]}
                            for n, s, f in (("a", 1, 0.60), ("b", 2, 0.70))]
-    base["experiments"].append({"revs": [experiment("c", 1, 0.01, 0.99)]})  # another recipe
+    base["experiments"] += [{"revs": [experiment(n, s, 0.01, f)]}  # another recipe
+                            for n, s, f in (("c", 1, 0.99), ("e", 2, 0.97))]
+    base["experiments"].append({"revs": [experiment("d", 3, 0.001, 0.50)],  # still running
+                                "executor": {"state": "running"}})
     return [{"rev": "workspace", "data": {}}, base]
 
 
 def test_runs_are_grouped_by_everything_but_the_seed():
     groups = list(seed_groups(runs(shown())).values())
-    assert len(groups) == 1
-    assert sorted(r["name"] for r in groups[0]) == ["a", "b", "base"]
+    assert len(groups) == 2
+    assert sorted(r["name"] for r in groups[0]) == ["a", "b", "base"]  # not the running d
+    assert sorted(r["name"] for r in groups[1]) == ["c", "e"]
 
 
 def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
@@ -30,5 +35,8 @@ def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
     path.write_text(json.dumps(shown()))
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
-    assert "Seeds [1, 2, 42]" in out
-    assert "| cnn | 0.600 ± 0.100 |" in out  # mean and sample std of 0.5, 0.6, 0.7
+    first, second = out.split("train.lr=")[1:]
+    assert first.startswith("0.001\nSeeds [1, 2, 42]")
+    # mean and sample std: validation 0.4, 0.5, 0.6; test 0.5, 0.6, 0.7
+    assert "| cnn | 0.500 ± 0.100 | 0.600 ± 0.100 |" in first
+    assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 0.880 ± 0.014 |" in second

@@ -31,20 +31,20 @@ def test_body_mask_is_the_body_with_lungs_but_not_table_or_label():
 
 def test_body_framing_fills_the_square_and_window_stretches_gray_levels():
     image = slice_with_table_and_label()
-    assert torch.equal(frame(image, "letterbox", "as_is"), image)
+    assert torch.equal(frame(image, "letterbox", "as_is", 96), image)
 
-    framed = frame(image, "body", "as_is")
+    framed = frame(image, "body", "as_is", 96)
     assert framed.shape == image.shape and framed.dtype == torch.uint8
     gray = framed[0].float()
     # the body now touches all four sides; the table and the label are cropped away
     assert gray[0].max() > 30 and gray[-1].max() > 30
     assert gray[:, 0].max() > 30 and gray[:, -1].max() > 30
     assert gray.max() < 130
-    masked = frame(image, "body_masked", "as_is")[0].float()
+    masked = frame(image, "body_masked", "as_is", 96)[0].float()
     assert masked[48, 48] == gray[48, 48] and (masked <= gray + 1).all()  # the same crop
     assert masked[0, 0] == masked[-1, -1] == 0 and masked.mean() < gray.mean()  # corners blanked
 
-    windowed = frame(image, "letterbox", "window")
+    windowed = frame(image, "letterbox", "window", 96)
     body = torch.from_numpy(body_mask(image[0].numpy()))
     levels = windowed[0][body].float()
     assert levels.max() == 255 and levels.min() == 0  # lungs (5) to tissue (120) -> 0 to 255
