@@ -17,8 +17,7 @@ from src.models import MODELS_DIR
 from src.utils import StageError, atomic_write, stage_main, write_json, write_text
 
 RELEASE_DIR = Path("release")
-
-
+# What `train.framing` and `train.intensity` do, for the model card.
 FRAMING = {"letterbox": "",
            "body": "crop to the body's bounding box stretched to the square, ",
            "body_masked": "crop to the body's bounding box stretched to the square with what is "
