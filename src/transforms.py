@@ -75,8 +75,8 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def preset(images: torch.Tensor, variant) -> torch.Tensor:
     """Prepared uint8 letterboxes -> what the variant trains on: framed at its image_size."""
     t = variant.train
-    if not len(images):
-        return resize(images, variant.image_size)
+    if t.framing == "letterbox" and t.intensity == "as_is" or not len(images):
+        return resize(images, variant.image_size)  # the study's: one batched resize
     return torch.stack([frame(im, t.framing, t.intensity, variant.image_size) for im in images])
 
 
