@@ -23,7 +23,8 @@ SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
 
 def runs(shown: list) -> list[dict]:
     """Every commit and finished experiment of `dvc exp show --json` that has params and
-    metrics. Queued and running experiments are listed with their baseline's metrics: skipped."""
+    metrics. Queued and running experiments are listed with their baseline's metrics: skipped.
+    A metrics file not yet written (a commit that never ran) comes with an error: skipped."""
     found = []
     for commit in shown:
         entries = [commit] + [e["revs"][0] for e in commit.get("experiments") or []
@@ -31,7 +32,8 @@ def runs(shown: list) -> list[dict]:
         for entry in entries:
             data = entry.get("data") or {}
             params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-            metrics = {path: m.get("data") for path, m in (data.get("metrics") or {}).items()}
+            metrics = {path: m["data"] for path, m in (data.get("metrics") or {}).items()
+                       if m.get("data")}
             if params and metrics:
                 found.append({"name": entry.get("name") or entry["rev"][:7], "params": params,
                               "metrics": metrics})

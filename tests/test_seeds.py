@@ -20,7 +20,9 @@ def shown():
                             for n, s, f in (("c", 1, 0.99), ("e", 2, 0.97))]
     base["experiments"].append({"revs": [experiment("d", 3, 0.001, 0.50)],  # still running
                                 "executor": {"state": "running"}})
-    return [{"rev": "workspace", "data": {}}, base]
+    never_ran = experiment("main", 42, 0.01, 0.0)  # a commit whose metrics were never written
+    never_ran["data"]["metrics"] = {"metrics/cnn.json": {"error": {"type": "FileNotFoundError"}}}
+    return [{"rev": "workspace", "data": {}}, base, never_ran]
 
 
 def test_runs_are_grouped_by_everything_but_the_seed():
