@@ -41,12 +41,15 @@ def runs(shown: list) -> list[dict]:
 
 
 def seed_groups(found: list[dict]) -> dict[str, list[dict]]:
-    """Runs keyed by their params without train.seed; one run per seed."""
+    """Runs keyed by their params without train.seed; one run per seed. Experiments with the
+    same params and seed that ran different variants (`evaluate@cnn`, `evaluate@resnet50`) are
+    merged into that run; where two ran the same variant, the first listed (the newest) counts."""
     groups = defaultdict(dict)
     for run in found:
         params = json.loads(json.dumps(run["params"]))
         seed = params["train"].pop("seed")
-        groups[json.dumps(params, sort_keys=True)].setdefault(seed, run)
+        merged = groups[json.dumps(params, sort_keys=True)].setdefault(seed, {**run, "metrics": {}})
+        merged["metrics"] = {**run["metrics"], **merged["metrics"]}
     return {key: list(by_seed.values()) for key, by_seed in groups.items() if len(by_seed) > 1}
 
 
