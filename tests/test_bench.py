@@ -18,8 +18,9 @@ def test_bench_compares_both_loops_per_variant(in_tmp):
     done = subprocess.run([sys.executable, "-m", "src.bench", "--epochs", "2", "--variants",
                            "cnn", "resnet50_fc"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    rows = {line.split(" | ")[0][2:]: line.strip(" |").split(" | ")
-            for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    cells = [line.strip("| ").split(" | ") for line in done.stdout.splitlines()
+             if line.startswith("| ") and "---" not in line]
+    rows = {row[0]: row for row in cells}  # variant, draws, plain, pipeline, 2 speed-ups, 2 MB
     assert rows["cnn"][1] == "12"
     assert rows["resnet50_fc"][1] == "12"  # the size of the train split: 4 classes x 3
     for name in ("cnn", "resnet50_fc"):

@@ -7,8 +7,8 @@ def experiment(name, seed, lr, f1, variant="cnn"):
     params = {"model": "cnn", "train": {"seed": seed, "lr": lr},
               "variants": {"cnn": {}, "resnet50": {}}}
     scores = {"accuracy": f1, "f1_macro": f1, "f1_weighted": f1}
-    metrics = {f"metrics/{variant}.json": {"data": {"test": scores, "test_leak_free": scores,
-                                             "train": {"best": {"val_f1_macro": f1 - 0.1}}}}}
+    metrics = {f"metrics/{variant}.json": {"data": {
+        "test": scores, "test_leak_free": scores, "train": {"best": {"val_f1_macro": f1 - 0.1}}}}}
     return {"rev": name * 7, "name": name,
             "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics}}
 
