@@ -16,7 +16,8 @@ and prints images per second over the whole run (setup included) and over the ep
 their ratios and peak memory as a Markdown table. The pipeline runs every epoch of the training
 run (default: train.max_epochs, no early stopping). The plain loop has no setup and the same cost
 every epoch, so its throughput is measured over its first --plain-epochs epochs (their spread is
-printed): all 30 would take about two hours for the five variants on a 2-core CPU.
+printed): all 30 epochs of 4000 draws would take about 11 hours for the five variants on a
+2-core CPU.
 
 --repro clones the committed project into a temporary folder, points `data` at the archive
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
