@@ -2,6 +2,7 @@
 study's, in the same run, on the same data, for the same training run.
 
     python -m src.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
+    python -m src.bench --compile           # also the pipeline's step under torch.compile
     python -m src.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
 
 Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
@@ -18,6 +19,10 @@ run (default: train.max_epochs, no early stopping). The plain loop has no setup 
 every epoch, so its throughput is measured over its first --plain-epochs epochs (their spread is
 printed): all 30 epochs of 4000 draws would take about 11 hours for the five variants on a
 2-core CPU.
+
+--compile adds a row per variant: the pipeline's step with its trained part under
+torch.compile, the compile time counted in (the first epoch pays it). The pipeline does not
+compile; this row shows whether it would pay.
 
 --repro clones the committed project into a temporary folder, points `data` at the archive
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
@@ -98,7 +103,8 @@ def run_plain(variant, epochs: int, draws: int, device) -> tuple[float, list[flo
     return 0.0, timed_epochs(epochs, epoch)
 
 
-def run_pipeline(variant, epochs: int, draws: int, device) -> tuple[float, list[float]]:
+def run_pipeline(variant, epochs: int, draws: int, device, compiled: bool = False
+                 ) -> tuple[float, list[float]]:
     """(setup seconds, seconds per epoch) of this project's training step. Setup: what
     `prepare` does once (charged in full to every variant) and the cache of frozen layers."""
     start = time.perf_counter()
@@ -112,6 +118,8 @@ def run_pipeline(variant, epochs: int, draws: int, device) -> tuple[float, list[
     dtype = autocast_dtype(t.precision, device)
     model = build_model(variant).to(device, memory_format=torch.channels_last)
     prefix, head = split_frozen(model, variant)
+    if compiled:
+        head = torch.compile(head)
     generator = torch.Generator().manual_seed(t.seed)
     batches = Batches(preset(images, variant), labels, variant.arch, device, dtype, prefix,
                       t.augment_views, t.augment, generator, t.batch_size, "train")
@@ -132,8 +140,11 @@ def measure(name: str, method: str, epochs: int, draws: int) -> dict:
     variant = without_download(load_config().variant(name))
     seed_everything(variant.train.seed)
     device = pick_device(variant.train.device)
-    run = run_plain if method == "plain" else run_pipeline
-    setup, epoch_seconds = run(variant, epochs, draws, device)
+    if method == "plain":
+        setup, epoch_seconds = run_plain(variant, epochs, draws, device)
+    else:
+        setup, epoch_seconds = run_pipeline(variant, epochs, draws, device,
+                                            compiled=method == "compiled")
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     images = epochs * draws
@@ -217,6 +228,8 @@ def main() -> int:
                         help="images per epoch (default: each variant's draws_per_epoch, where "
                              "0 is the size of the train split)")
     parser.add_argument("--variants", nargs="+")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the pipeline's step under torch.compile")
     parser.add_argument("--repro", metavar="ARCHIVE", help="time a full dvc repro on ARCHIVE")
     parser.add_argument("--predict", action="store_true",
                         help="time loading a ResNet-50 checkpoint and classifying one image")
@@ -244,8 +257,11 @@ def main() -> int:
         # Each variant's own training run: its draws per epoch (0 = the size of the split).
         draws = 64 if args.quick else \
             args.draws or cfg.variant(name).train.draws_per_epoch or train_size
+        methods = [("plain", plain_epochs), ("pipeline", epochs)]
+        if args.compile:
+            methods.append(("compiled", epochs))
         result = {}
-        for method, n in (("plain", plain_epochs), ("pipeline", epochs)):
+        for method, n in methods:
             cmd = [sys.executable, "-m", "src.bench", "--one", name, method, "--epochs",
                    str(n), "--draws", str(draws)]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -254,13 +270,15 @@ def main() -> int:
                       file=sys.stderr)
                 return 1
             result[method] = json.loads(done.stdout.strip().splitlines()[-1])
-        plain, ours = result["plain"], result["pipeline"]
+        plain = result.pop("plain")
         low, high = plain["epoch_s_range"]
-        print(f"| {name} | {draws} | {plain['images_per_s']} ({low}-{high}) | "
-              f"{ours['images_per_s']} ({ours['setup_s']}) | "
-              f"{ours['images_per_s'] / plain['images_per_s']:.1f}x | "
-              f"{ours['epoch_images_per_s'] / plain['epoch_images_per_s']:.1f}x | "
-              f"{plain['peak_mb']} | {ours['peak_mb']} |", flush=True)
+        for method, ours in result.items():
+            label = name + (", torch.compile" if method == "compiled" else "")
+            print(f"| {label} | {draws} | {plain['images_per_s']} ({low}-{high}) | "
+                  f"{ours['images_per_s']} ({ours['setup_s']}) | "
+                  f"{ours['images_per_s'] / plain['images_per_s']:.1f}x | "
+                  f"{ours['epoch_images_per_s'] / plain['epoch_images_per_s']:.1f}x | "
+                  f"{plain['peak_mb']} | {ours['peak_mb']} |", flush=True)
     return 0
 
 
