@@ -18,7 +18,8 @@ their ratios and peak memory as a Markdown table. The pipeline runs every epoch 
 run (default: train.max_epochs, no early stopping). The plain loop has no setup and the same cost
 every epoch, so its throughput is measured over its first --plain-epochs epochs (their spread is
 printed): all 30 epochs of 4000 draws would take about 11 hours for the five variants on a
-2-core CPU.
+2-core CPU. It loads in the main process, as a DataLoader does by default; --plain-workers N
+gives it N worker processes.
 
 --compile adds a row per variant: the pipeline's step with its trained part under
 torch.compile, the compile time counted in (the first epoch pays it). The pipeline does not
@@ -62,7 +63,7 @@ def without_download(variant):
     return replace(variant, train=replace(variant.train, weights="none"))
 
 
-def plain_loader(variant, draws: int) -> DataLoader:
+def plain_loader(variant, draws: int, workers: int) -> DataLoader:
     """The study's input pipeline: decode and transform every drawn sample."""
     spec = NORMALIZATION[variant.arch]
     steps = [T.Lambda(lambda im: letterbox(im, variant.image_size)), T.ToPILImage(),
@@ -75,7 +76,8 @@ def plain_loader(variant, draws: int) -> DataLoader:
     counts = torch.bincount(torch.tensor(dataset.targets)).float()
     weights = (1 / counts)[dataset.targets]
     sampler = WeightedRandomSampler(weights, draws, replacement=True)
-    return DataLoader(dataset, batch_size=variant.train.batch_size, sampler=sampler)
+    return DataLoader(dataset, batch_size=variant.train.batch_size, sampler=sampler,
+                      num_workers=workers)
 
 
 def timed_epochs(epochs: int, run_epoch) -> list[float]:
@@ -87,7 +89,8 @@ def timed_epochs(epochs: int, run_epoch) -> list[float]:
     return times
 
 
-def run_plain(variant, epochs: int, draws: int, device) -> tuple[float, list[float]]:
+def run_plain(variant, epochs: int, draws: int, device, workers: int
+              ) -> tuple[float, list[float]]:
     """(setup seconds, seconds per epoch) of the study's loop."""
     model = build_model(variant).to(device).train()  # frozen BN drifts, as in the study
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
@@ -95,7 +98,7 @@ def run_plain(variant, epochs: int, draws: int, device) -> tuple[float, list[flo
     criterion = nn.CrossEntropyLoss()
 
     def epoch(_):
-        for x, y in plain_loader(variant, draws):
+        for x, y in plain_loader(variant, draws, workers):
             loss, _ = forward_train(model, (x.to(device),), y.to(device), criterion)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,14 +137,14 @@ def run_pipeline(variant, epochs: int, draws: int, device, compiled: bool = Fals
     return setup, timed_epochs(epochs, epoch)
 
 
-def measure(name: str, method: str, epochs: int, draws: int) -> dict:
+def measure(name: str, method: str, epochs: int, draws: int, workers: int = 0) -> dict:
     """One (variant, method) in this process: images per second over the whole run (setup
     included) and over the epochs alone, the slowest and fastest epoch, and peak memory."""
     variant = without_download(load_config().variant(name))
     seed_everything(variant.train.seed)
     device = pick_device(variant.train.device)
     if method == "plain":
-        setup, epoch_seconds = run_plain(variant, epochs, draws, device)
+        setup, epoch_seconds = run_plain(variant, epochs, draws, device, workers)
     else:
         setup, epoch_seconds = run_pipeline(variant, epochs, draws, device,
                                             compiled=method == "compiled")
@@ -224,6 +227,9 @@ def main() -> int:
                         help="epochs of the training run (default: train.max_epochs)")
     parser.add_argument("--plain-epochs", type=int, default=1,
                         help="epochs over which the plain loop's throughput is measured")
+    parser.add_argument("--plain-workers", type=int, default=0,
+                        help="DataLoader worker processes of the plain loop (default: "
+                             "PyTorch's, none)")
     parser.add_argument("--draws", type=int, default=0,
                         help="images per epoch (default: each variant's draws_per_epoch, where "
                              "0 is the size of the train split)")
@@ -245,11 +251,11 @@ def main() -> int:
     epochs = 1 if args.quick else args.epochs or cfg.train.max_epochs
     plain_epochs = min(args.plain_epochs, epochs)
     if args.one:
-        print(json.dumps(measure(*args.one, epochs, args.draws)))
+        print(json.dumps(measure(*args.one, epochs, args.draws, args.plain_workers)))
         return 0
     train_size = sum(f.split == "train" for f in scan_raw(RAW_DIR)[0])
     print(f"{machine()}; a training run of {epochs} epoch(s) per variant; the plain loop timed "
-          f"over {plain_epochs} of them\n")
+          f"over {plain_epochs} of them, {args.plain_workers} DataLoader workers\n")
     print("| variant | draws per epoch | plain img/s (epoch s, min-max) | pipeline img/s (setup s) "
           "| speed-up | per-epoch speed-up | plain peak MB | pipeline peak MB |\n|" + " --- |" * 8,
           flush=True)
@@ -263,7 +269,7 @@ def main() -> int:
         result = {}
         for method, n in methods:
             cmd = [sys.executable, "-m", "src.bench", "--one", name, method, "--epochs",
-                   str(n), "--draws", str(draws)]
+                   str(n), "--draws", str(draws), "--plain-workers", str(args.plain_workers)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(f"error: {name} {method}: {done.stderr.strip().splitlines()[-1]}",
