@@ -27,6 +27,6 @@ def test_bench_compares_the_loops_per_variant(in_tmp):
     names = list(rows)[1:]  # after the header
     assert names == ["cnn", "cnn, torch.compile", "resnet50_fc", "resnet50_fc, torch.compile"]
     assert rows["cnn, torch.compile"][1:3] == rows["cnn"][1:3]  # against the same plain run
-    for name in names:
-        speedups = [float(cell[:-1]) for cell in rows[name][4:6]]
-        assert all(s > 0 for s in speedups) and all(re.fullmatch(r"\d+", c) for c in rows[name][6:])
+    for name in names:  # ratios and memory parse; their values are timings, not asserted
+        assert all(re.fullmatch(r"\d+\.\d+x", c) for c in rows[name][4:6])
+        assert all(re.fullmatch(r"\d+", c) for c in rows[name][6:])
