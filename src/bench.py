@@ -137,7 +137,7 @@ def run_pipeline(variant, epochs: int, draws: int, device, compiled: bool = Fals
     return setup, timed_epochs(epochs, epoch)
 
 
-def measure(name: str, method: str, epochs: int, draws: int, workers: int = 0) -> dict:
+def measure(name: str, method: str, epochs: int, draws: int, workers: int) -> dict:
     """One (variant, method) in this process: images per second over the whole run (setup
     included) and over the epochs alone, the slowest and fastest epoch, and peak memory."""
     variant = without_download(load_config().variant(name))
