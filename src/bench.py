@@ -51,7 +51,7 @@ from torchvision import transforms as T
 
 from src.config import load_config
 from src.data import RAW_DIR, decode_rgb, letterbox, scan_raw
-from src.engine import Batches, draw_order, train_one_epoch
+from src.engine import Batches, draw_order, grad_scaler, train_one_epoch
 from src.models import build_model, forward_train, split_frozen
 from src.transforms import NORMALIZATION, preset
 from src.prepare import balance_weights
@@ -127,13 +127,14 @@ def run_pipeline(variant, epochs: int, draws: int, device, compiled: bool = Fals
     batches = Batches(preset(images, variant), labels, variant.arch, device, dtype, prefix,
                       t.augment_views, t.augment, generator, t.batch_size, "train")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr)
+    scaler = grad_scaler(device, dtype)
     criterion = nn.CrossEntropyLoss()
     setup = time.perf_counter() - start
 
     def epoch(i):
         order = draw_order(weights, draws, generator)
-        train_one_epoch(head, batches, order, t.batch_size, optimizer, criterion, device, dtype,
-                        f"epoch {i + 1}")
+        train_one_epoch(head, batches, order, t.batch_size, optimizer, scaler, criterion, device,
+                        dtype, f"epoch {i + 1}")
     return setup, timed_epochs(epochs, epoch)
 
 

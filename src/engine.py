@@ -19,6 +19,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling for float16 autocast (the choice on GPUs without bfloat16), whose small
+    gradients would otherwise flush to zero; for bfloat16 and float32 a scaler that does nothing."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
@@ -71,7 +77,7 @@ class Batches:
 
 
 def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batch_size: int,
-                    optimizer, criterion, device, dtype, desc: str) -> dict:
+                    optimizer, scaler, criterion, device, dtype, desc: str) -> dict:
     set_train_mode(head)
     total_loss, targets, predictions = 0.0, [], []
     progress = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False)
@@ -81,8 +87,9 @@ def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batc
         with autocast(device, dtype):
             loss, logits = forward_train(head, batches.get(idx), y, criterion)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         total_loss += loss.item() * len(idx)
         targets.append(y.cpu())
         predictions.append(logits.argmax(1).cpu())

@@ -22,7 +22,7 @@ from torch import nn
 
 from src.config import CLASSES, load_config
 from src.data import PREPARED_DIR, file_digest, load_split
-from src.engine import Batches, draw_order, train_one_epoch, validate
+from src.engine import Batches, draw_order, grad_scaler, train_one_epoch, validate
 from src.models import MODELS_DIR, build_model, count_parameters, split_frozen
 from src.transforms import NORMALIZATION, preset
 from src.utils import StageError, autocast_dtype, pick_device, seed_everything, stage_main, \
@@ -76,6 +76,7 @@ def train_variant(name: str) -> dict:
     criterion = nn.CrossEntropyLoss(weight=train["class_weights"].to(device))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                  weight_decay=t.weight_decay)
+    scaler = grad_scaler(device, dtype)
     draws = t.draws_per_epoch or len(train["labels"])
 
     # Resumable: after every epoch the whole training state is saved outside DVC's outputs
@@ -90,6 +91,7 @@ def train_variant(name: str) -> dict:
             state = saved
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
             generator.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])
             print(f"{name}: resuming after epoch {saved['epoch']} of an interrupted run")
@@ -110,7 +112,7 @@ def train_variant(name: str) -> dict:
                 break
             order = draw_order(train["sample_weights"], draws, generator)
             train_scores = train_one_epoch(head, train_batches, order, t.batch_size, optimizer,
-                                           criterion, device, dtype,
+                                           scaler, criterion, device, dtype,
                                            f"{name} epoch {epoch}/{t.max_epochs}")
             val_scores = validate(head, valid_batches, t.batch_size, device, dtype)
             if math.isnan(val_scores["loss"]) or math.isnan(train_scores["loss"]):
@@ -132,6 +134,7 @@ def train_variant(name: str) -> dict:
                       "seconds": time.perf_counter() - started}
             torch_save(resume_path, state | {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
         summary = {"epochs": state["epoch"], "best_epoch": best["epoch"],
                    "train_seconds": round(time.perf_counter() - started, 1),

@@ -1,0 +1,37 @@
+import pytest
+import torch
+from torch import nn
+
+from src.engine import Batches, grad_scaler, train_one_epoch
+
+CPU = torch.device("cpu")
+
+
+def tiny_loss(logits, targets):
+    # Gradients this small flush to zero in float16: what loss scaling is for.
+    return 1e-8 * nn.functional.cross_entropy(logits, targets)
+
+
+def one_epoch(scaler) -> float:
+    """How far one float16-autocast epoch moves a linear classifier's weights."""
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    before = head[1].weight.detach().clone()
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    batches = Batches(images, torch.arange(16) % 4, "resnet50", CPU, torch.float16)
+    optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
+    scores = train_one_epoch(head, batches, torch.arange(16), 8, optimizer, scaler, tiny_loss,
+                             CPU, torch.float16, "test")
+    assert scores["loss"] == pytest.approx(scores["loss"])  # finite, not NaN
+    return (head[1].weight.detach() - before).abs().max().item()
+
+
+def test_float16_autocast_scales_the_loss_so_small_gradients_still_train():
+    assert one_epoch(torch.amp.GradScaler("cpu", enabled=False)) == 0  # flushed to zero
+    assert grad_scaler(CPU, torch.float16).is_enabled()
+    assert one_epoch(grad_scaler(CPU, torch.float16)) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, None])
+def test_bfloat16_and_float32_need_no_loss_scaling(dtype):
+    assert not grad_scaler(CPU, dtype).is_enabled()
