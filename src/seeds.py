@@ -4,6 +4,14 @@ chosen checkpoint) and test metrics over the experiments that differ only in `tr
     dvc exp run --queue -S 'train.seed=1,2,3'
     dvc queue start -j 2        # then wait until `dvc queue status` shows them done
     python -m src.seeds         # reads `dvc exp show --json`; or: python -m src.seeds FILE.json
+    python -m src.seeds --curves resnet50   # also compares the recipes epoch by epoch
+    python -m src.seeds --only train.lr=0.001   # only the runs with that param value
+
+The chosen checkpoint depends on where early stopping ends each run, which on a noisy
+validation loss can decide more than the recipe does. `--curves` therefore also compares, seed by
+seed, each recipe's validation macro F1 and training loss averaged over the epochs that all runs
+of that seed trained, from the per-epoch DVCLive plots (`dvc plots diff` reads them from the
+cache of every experiment).
 """
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
           ("test accuracy", ("test", "accuracy")), ("test macro F1", ("test", "f1_macro")),
           ("test weighted F1", ("test", "f1_weighted")),
           ("leak-free weighted F1", ("test_leak_free", "f1_weighted")))
+# (column, DVCLive plot under dvclive/<variant>/plots/metrics/)
+CURVES = (("val macro F1", "val/f1_macro"), ("train loss", "train/loss"))
 
 
 def runs(shown: list) -> list[dict]:
@@ -96,27 +106,106 @@ def summary_table(group: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curve_targets(variant: str) -> list[str]:
+    return [f"dvclive/{variant}/plots/metrics/{path}.tsv" for _, path in CURVES]
+
+
+def parse_curves(plots: dict, variant: str) -> dict[str, dict[str, list[float]]]:
+    """`dvc plots diff --json` output -> per run name, per curve column, its value every epoch."""
+    curves = defaultdict(dict)
+    for (column, path), target in zip(CURVES, curve_targets(variant)):
+        field = path.split("/")[-1]
+        by_run = defaultdict(dict)
+        for plot in plots["data"].get(target, []):
+            for point in plot["content"]["data"]["values"]:
+                by_run[point["rev"]][int(point["step"])] = float(point[field])
+        for name, steps in by_run.items():
+            curves[name][column] = [steps[k] for k in sorted(steps)]
+    return curves
+
+
+def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str:
+    """Per seed that every group ran: each curve's mean over the epochs all its runs trained."""
+    by_seed = [{r["params"]["train"]["seed"]: r["name"] for r in group} for group in groups.values()]
+    seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
+    columns = [(c, i) for c, _ in CURVES for i in range(len(by_seed))]
+    lines = [f"{variant}, epoch by epoch: each curve's mean over the epochs that every run of "
+             "the seed trained", "", "| seed | epochs | " + " | ".join(
+                 f"{c}: {labels[key] or 'runs'}" for c, _ in CURVES for key in groups) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    means = defaultdict(list)
+    for seed in seeds:
+        runs_of_seed = [curves.get(s[seed], {}) for s in by_seed]
+        if not all(all(c in r for c, _ in CURVES) for r in runs_of_seed):
+            continue
+        epochs = min(len(r[c]) for r in runs_of_seed for c, _ in CURVES)
+        for c, i in columns:
+            means[c, i].append(statistics.mean(runs_of_seed[i][c][:epochs]))
+        lines.append(f"| {seed} | {epochs} | " + " | ".join(
+            f"{means[col][-1]:.3f}" for col in columns) + " |")
+    if len(means[columns[0]]) > 1:
+        lines.append("| mean ± std | | " + " | ".join(
+            f"{statistics.mean(means[col]):.3f} ± {statistics.stdev(means[col]):.3f}"
+            for col in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def dvc_json(args: list[str]):
+    result = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"dvc {args[0]} {args[1]} failed: "
+                           f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(result.stdout)
+
+
+def read_shown(path: str) -> list:
+    try:
+        return json.loads(open(path).read())
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"{path}: cannot read it as `dvc exp show --json` output ({e})")
+
+
+def key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE, e.g. train.lr=0.001")
+    return tuple(text.split("=", 1))
+
+
+def report(shown: list, only: dict, curves_variant: str | None) -> str:
+    groups = seed_groups([r for r in runs(shown)
+                          if all(str(flat(r["params"]).get(k)) == v for k, v in only.items())])
+    if not groups:
+        raise RuntimeError("no experiments that differ only in train.seed; run dvc exp run "
+                           "--queue -S 'train.seed=1,2,3' and dvc queue start first")
+    labels = distinguishing(groups)
+    text = "\n".join((f"{labels[key]}\n" if labels[key] else "") + summary_table(group)
+                     for key, group in groups.items())
+    if not curves_variant:
+        return text
+    ran = {key: group for key, group in groups.items()
+           if all(f"metrics/{curves_variant}.json" in r["metrics"] for r in group)}
+    if not ran:
+        raise RuntimeError(f"no seed group evaluated {curves_variant}")
+    names = [r["name"] for group in ran.values() for r in group]
+    plots = dvc_json(["plots", "diff", *names, "--targets", *curve_targets(curves_variant)])
+    return text + "\n" + matched_table(ran, distinguishing(ran),
+                                       parse_curves(plots, curves_variant), curves_variant)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shown", nargs="?", help="saved `dvc exp show --json` output")
+    parser.add_argument("--only", metavar="KEY=VALUE", type=key_value, action="append", default=[],
+                        help="keep the runs whose param KEY is VALUE, e.g. train.lr=0.001")
+    parser.add_argument("--curves", metavar="VARIANT",
+                        help="also compare the groups that ran VARIANT epoch by epoch")
     args = parser.parse_args(argv)
-    if args.shown:
-        text = open(args.shown).read()
-    else:
-        result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
-        if result.returncode:
-            print(f"error: dvc exp show failed: {result.stderr.strip().splitlines()[-1]}",
-                  file=sys.stderr)
-            return 1
-        text = result.stdout
-    groups = seed_groups(runs(json.loads(text)))
-    if not groups:
-        print("error: no experiments that differ only in train.seed; run "
-              "dvc exp run --queue -S 'train.seed=1,2,3' and dvc queue start first", file=sys.stderr)
+    try:
+        shown = read_shown(args.shown) if args.shown else dvc_json(["exp", "show"])
+        print(report(shown, dict(args.only), args.curves))
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    labels = distinguishing(groups)
-    print("\n".join((f"{labels[key]}\n" if labels[key] else "") + summary_table(group)
-                    for key, group in groups.items()))
     return 0
 
 

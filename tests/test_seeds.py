@@ -1,6 +1,8 @@
 import json
 
-from src.seeds import main, runs, seed_groups
+import pytest
+
+from src.seeds import CURVES, curve_targets, main, parse_curves, runs, seed_groups
 
 
 def experiment(name, seed, lr, f1, variant="cnn"):
@@ -47,3 +49,59 @@ def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
     assert "| cnn | 0.500 ± 0.100 | 0.600 ± 0.100 |" in first
     assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 0.880 ± 0.014 |" in second
     assert "| resnet50 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
+
+
+def plots_diff(curves):
+    """What `dvc plots diff --json` prints for the DVCLive plots of these runs."""
+    data = {}
+    for (column, path), target in zip(CURVES, curve_targets("cnn")):
+        field = path.split("/")[-1]
+        values = [{"step": step, field: str(value), "rev": name}
+                  for name, by_column in curves.items()
+                  for step, value in enumerate(by_column[column])]
+        data[target] = [{"type": "vega", "revisions": list(curves),
+                         "content": {"data": {"values": values}}}]
+    return {"data": data}
+
+
+def test_curves_compare_recipes_over_the_epochs_both_runs_of_a_seed_trained(
+        tmp_path, monkeypatch, capsys):
+    # lr=0.001 runs a (seed 1), b (seed 2); lr=0.01 runs c (seed 1), e (seed 2)
+    curves = {"a": {"val macro F1": [0.1, 0.3, 0.5], "train loss": [1.0, 0.8, 0.6]},
+              "c": {"val macro F1": [0.4, 0.6], "train loss": [0.9, 0.7]},
+              "b": {"val macro F1": [0.2, 0.2, 0.2, 0.2], "train loss": [1.0, 1.0, 1.0, 1.0]},
+              "e": {"val macro F1": [0.4, 0.4, 0.4, 0.9], "train loss": [0.5, 0.5, 0.5, 0.5]},
+              "base": {"val macro F1": [0.9], "train loss": [0.1]}}
+    assert parse_curves(plots_diff(curves), "cnn") == curves
+    calls = []
+    monkeypatch.setattr("src.seeds.dvc_json", lambda args: calls.append(args) or plots_diff(curves))
+    path = tmp_path / "shown.json"
+    path.write_text(json.dumps(shown()))
+    assert main([str(path), "--curves", "cnn"]) == 0
+    assert calls[0][:2] == ["plots", "diff"] and set(calls[0][2:7]) == {"base", "a", "b", "c", "e"}
+    table = capsys.readouterr().out.split("epoch by epoch")[1]
+    assert "| seed | epochs | val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 |" in table
+    assert "| 1 | 2 | 0.200 | 0.500 | 0.900 | 0.800 |" in table  # a and c: their first 2 epochs
+    assert "| 2 | 4 | 0.200 | 0.525 | 1.000 | 0.500 |" in table
+    assert "| mean ± std | | 0.200 ± 0.000 | 0.512 ± 0.018 |" in table
+    assert "| 42 |" not in table  # base has no seed-42 counterpart
+
+
+def test_only_keeps_the_runs_with_that_param(tmp_path, capsys):
+    path = tmp_path / "shown.json"
+    path.write_text(json.dumps(shown()))
+    assert main([str(path), "--only", "train.lr=0.01"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Seeds [1, 2]") and "train.lr=0.001" not in out
+    with pytest.raises(SystemExit):
+        main([str(path), "--only", "train.lr"])
+    assert "'train.lr' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_json_is_one_line_error(tmp_path, capsys):
+    path = tmp_path / "shown.json"
+    path.write_text("Experiment  Created\n")
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: cannot read it as `dvc exp show --json` output")
+    assert len(err.strip().splitlines()) == 1
