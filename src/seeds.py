@@ -31,35 +31,48 @@ SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
 CURVES = (("val macro F1", "val/f1_macro"), ("train loss", "train/loss"))
 
 
+def entry_metrics(entry: dict) -> dict:
+    """A metrics file not yet written (a commit that never ran) comes with an error: skipped."""
+    return {path: m["data"] for path, m in ((entry.get("data") or {}).get("metrics") or {}).items()
+            if m.get("data")}
+
+
 def runs(shown: list) -> list[dict]:
     """Every commit and finished experiment of `dvc exp show --json` that has params and
     metrics. Queued and running experiments are listed with their baseline's metrics: skipped.
-    A metrics file not yet written (a commit that never ran) comes with an error: skipped."""
+    An experiment's metrics file identical to its baseline's was not rewritten by it (`dvc exp
+    run evaluate@cnn` leaves the other variants' files as they were): not that run's either."""
     found = []
     for commit in shown:
+        baseline = entry_metrics(commit)
         entries = [commit] + [e["revs"][0] for e in commit.get("experiments") or []
                               if (e.get("executor") or {}).get("state", "success") == "success"]
         for entry in entries:
-            data = entry.get("data") or {}
-            params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-            metrics = {path: m["data"] for path, m in (data.get("metrics") or {}).items()
-                       if m.get("data")}
+            params = ((entry.get("data") or {}).get("params") or {}).get(
+                "params.yaml", {}).get("data")
+            metrics = entry_metrics(entry)
+            if entry is not commit:
+                metrics = {p: m for p, m in metrics.items() if m != baseline.get(p)}
             if params and metrics:
-                found.append({"name": entry.get("name") or entry["rev"][:7], "params": params,
-                              "metrics": metrics})
+                name = entry.get("name") or entry["rev"][:7]
+                found.append({"params": params, "metrics": metrics,
+                              "sources": {path: name for path in metrics}})
     return found
 
 
 def seed_groups(found: list[dict]) -> dict[str, list[dict]]:
     """Runs keyed by their params without train.seed; one run per seed. Experiments with the
     same params and seed that ran different variants (`evaluate@cnn`, `evaluate@resnet50`) are
-    merged into that run; where two ran the same variant, the first listed (the newest) counts."""
+    merged into that run; where two ran the same variant, the first listed (the newest) counts.
+    `sources` names the experiment each metrics file comes from."""
     groups = defaultdict(dict)
     for run in found:
         params = json.loads(json.dumps(run["params"]))
         seed = params["train"].pop("seed")
-        merged = groups[json.dumps(params, sort_keys=True)].setdefault(seed, {**run, "metrics": {}})
+        merged = groups[json.dumps(params, sort_keys=True)].setdefault(
+            seed, {**run, "metrics": {}, "sources": {}})
         merged["metrics"] = {**run["metrics"], **merged["metrics"]}
+        merged["sources"] = {**run["sources"], **merged["sources"]}
     return {key: list(by_seed.values()) for key, by_seed in groups.items() if len(by_seed) > 1}
 
 
@@ -126,7 +139,8 @@ def parse_curves(plots: dict, variant: str) -> dict[str, dict[str, list[float]]]
 
 def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str:
     """Per seed that every group ran: each curve's mean over the epochs all its runs trained."""
-    by_seed = [{r["params"]["train"]["seed"]: r["name"] for r in group} for group in groups.values()]
+    by_seed = [{r["params"]["train"]["seed"]: r["sources"][f"metrics/{variant}.json"]
+                for r in group} for group in groups.values()]
     seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
     columns = [(c, i) for c, _ in CURVES for i in range(len(by_seed))]
     lines = [f"{variant}, epoch by epoch: each curve's mean over the epochs that every run of "
@@ -137,7 +151,7 @@ def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str
     for seed in seeds:
         runs_of_seed = [curves.get(s[seed], {}) for s in by_seed]
         if not all(all(c in r for c, _ in CURVES) for r in runs_of_seed):
-            continue
+            continue  # a run that logged no curves (evaluated, but trained elsewhere)
         epochs = min(len(r[c]) for r in runs_of_seed for c, _ in CURVES)
         for c, i in columns:
             means[c, i].append(statistics.mean(runs_of_seed[i][c][:epochs]))
@@ -186,7 +200,7 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
            if all(f"metrics/{curves_variant}.json" in r["metrics"] for r in group)}
     if not ran:
         raise RuntimeError(f"no seed group evaluated {curves_variant}")
-    names = [r["name"] for group in ran.values() for r in group]
+    names = [r["sources"][f"metrics/{curves_variant}.json"] for group in ran.values() for r in group]
     plots = dvc_json(["plots", "diff", *names, "--targets", *curve_targets(curves_variant)])
     return text + "\n" + matched_table(ran, distinguishing(ran),
                                        parse_curves(plots, curves_variant), curves_variant)

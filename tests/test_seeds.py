@@ -33,9 +33,24 @@ def shown():
 def test_runs_are_grouped_by_everything_but_the_seed():
     groups = list(seed_groups(runs(shown())).values())
     assert len(groups) == 2
-    assert sorted(r["name"] for r in groups[0]) == ["a", "b", "base"]  # not the running d
-    assert sorted(r["name"] for r in groups[1]) == ["c", "e"]  # f and g merged into them
+    names = lambda group, v="cnn": sorted(r["sources"][f"metrics/{v}.json"] for r in group)
+    assert names(groups[0]) == ["a", "b", "base"]  # not the running d
+    assert names(groups[1]) == ["c", "e"]  # f and g merged into them
+    assert names(groups[1], "resnet50") == ["f", "g"]
     assert sorted(groups[1][0]["metrics"]) == ["metrics/cnn.json", "metrics/resnet50.json"]
+
+
+def test_a_metrics_file_the_experiment_did_not_rewrite_is_not_its_own():
+    data = shown()
+    base = data[1]
+    # evaluate@resnet50 with seed 1, listed first (newest): its cnn file is still the baseline's
+    h = experiment("h", 1, 0.001, 0.80, "resnet50")
+    h["data"]["metrics"] |= base["data"]["metrics"]
+    base["experiments"].insert(0, {"revs": [h]})
+    same_lr = next(iter(seed_groups(runs(data)).values()))
+    seed_1 = next(r for r in same_lr if r["params"]["train"]["seed"] == 1)
+    assert seed_1["sources"] == {"metrics/cnn.json": "a", "metrics/resnet50.json": "h"}
+    assert seed_1["metrics"]["metrics/cnn.json"]["test"]["f1_macro"] == 0.60  # a's, not base's
 
 
 def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
