@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ def one_epoch(scaler) -> float:
     optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
     scores = train_one_epoch(head, batches, torch.arange(16), 8, optimizer, scaler, tiny_loss,
                              CPU, torch.float16, "test")
-    assert scores["loss"] == pytest.approx(scores["loss"])  # finite, not NaN
+    assert math.isfinite(scores["loss"])
     return (head[1].weight.detach() - before).abs().max().item()
 
 
