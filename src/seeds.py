@@ -196,8 +196,9 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
                      for key, group in groups.items())
     if not curves_variant:
         return text
-    ran = {key: group for key, group in groups.items()
-           if all(f"metrics/{curves_variant}.json" in r["metrics"] for r in group)}
+    ran = {key: [r for r in group if f"metrics/{curves_variant}.json" in r["metrics"]]
+           for key, group in groups.items()}
+    ran = {key: group for key, group in ran.items() if group}
     if not ran:
         raise RuntimeError(f"no seed group evaluated {curves_variant}")
     names = [r["sources"][f"metrics/{curves_variant}.json"] for group in ran.values() for r in group]

@@ -66,10 +66,10 @@ def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
     assert "| resnet50 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
 
 
-def plots_diff(curves):
+def plots_diff(curves, variant="cnn"):
     """What `dvc plots diff --json` prints for the DVCLive plots of these runs."""
     data = {}
-    for (column, path), target in zip(CURVES, curve_targets("cnn")):
+    for (column, path), target in zip(CURVES, curve_targets(variant)):
         field = path.split("/")[-1]
         values = [{"step": step, field: str(value), "rev": name}
                   for name, by_column in curves.items()
@@ -120,3 +120,16 @@ def test_a_file_that_is_not_json_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: cannot read it as `dvc exp show --json` output")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_curves_use_the_seeds_that_evaluated_the_variant(tmp_path, monkeypatch, capsys):
+    data = shown()
+    data[1]["experiments"].insert(0, {"revs": [experiment("h", 1, 0.001, 0.3, "resnet50")]})
+    curves = {name: {"val macro F1": [0.5], "train loss": [1.0]} for name in "fgh"}
+    monkeypatch.setattr("src.seeds.dvc_json", lambda args: plots_diff(curves, "resnet50"))
+    path = tmp_path / "shown.json"
+    path.write_text(json.dumps(data))
+    assert main([str(path), "--curves", "resnet50"]) == 0
+    table = capsys.readouterr().out.split("epoch by epoch")[1]
+    assert "val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 |" in table
+    assert "| 1 | 1 | 0.500 | 0.500 |" in table and "| 2 |" not in table  # h ran seed 1 only
