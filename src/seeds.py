@@ -105,13 +105,15 @@ def lookup(metrics: dict | None, path: tuple):
 def summary_table(group: list[dict]) -> str:
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
     seeds = sorted(r["params"]["train"]["seed"] for r in group)
-    lines = [f"Seeds {seeds}: mean ± standard deviation over {len(group)} runs", "",
-             "| variant | " + " | ".join(column for column, _ in SCORES) + " |",
-             "|" + " --- |" * (len(SCORES) + 1)]
+    lines = [f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each variant",
+             "", "| variant | seeds | " + " | ".join(column for column, _ in SCORES) + " |",
+             "|" + " --- |" * (len(SCORES) + 2)]
     for v in variants:
-        cells = []
+        ran = sorted((r for r in group if f"metrics/{v}.json" in r["metrics"]),
+                     key=lambda r: r["params"]["train"]["seed"])
+        cells = [", ".join(str(r["params"]["train"]["seed"]) for r in ran) or "-"]
         for _, path in SCORES:
-            values = [lookup(r["metrics"].get(f"metrics/{v}.json"), path) for r in group]
+            values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
             cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
                          if len(values) > 1 else "-")

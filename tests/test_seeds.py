@@ -61,9 +61,10 @@ def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
     first, second = out.split("train.lr=")[1:]
     assert first.startswith("0.001\nSeeds [1, 2, 42]")
     # mean and sample std: validation 0.4, 0.5, 0.6; test 0.5, 0.6, 0.7
-    assert "| cnn | 0.500 ± 0.100 | 0.600 ± 0.100 |" in first
-    assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 0.880 ± 0.014 |" in second
-    assert "| resnet50 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
+    assert "| cnn | 1, 2, 42 | 0.500 ± 0.100 | 0.600 ± 0.100 |" in first
+    assert "| resnet50 | - | - |" in first
+    assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 1, 2 | 0.880 ± 0.014 |" in second
+    assert "| resnet50 | 1, 2 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
 
 
 def plots_diff(curves, variant="cnn"):
@@ -130,6 +131,7 @@ def test_curves_use_the_seeds_that_evaluated_the_variant(tmp_path, monkeypatch, 
     path = tmp_path / "shown.json"
     path.write_text(json.dumps(data))
     assert main([str(path), "--curves", "resnet50"]) == 0
-    table = capsys.readouterr().out.split("epoch by epoch")[1]
+    summary, table = capsys.readouterr().out.split("epoch by epoch")
+    assert "| resnet50 | 1 | - |" in summary  # one seed of the lr=0.001 group: no std
     assert "val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 |" in table
     assert "| 1 | 1 | 0.500 | 0.500 |" in table and "| 2 |" not in table  # h ran seed 1 only
