@@ -102,6 +102,12 @@ def lookup(metrics: dict | None, path: tuple):
     return metrics
 
 
+def evaluated(group: list[dict], variant: str) -> list[dict]:
+    """The runs of a group that evaluated `variant`, by seed."""
+    return sorted((r for r in group if f"metrics/{variant}.json" in r["metrics"]),
+                  key=lambda r: r["params"]["train"]["seed"])
+
+
 def summary_table(group: list[dict]) -> str:
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
     seeds = sorted(r["params"]["train"]["seed"] for r in group)
@@ -109,8 +115,7 @@ def summary_table(group: list[dict]) -> str:
              "", "| variant | seeds | " + " | ".join(column for column, _ in SCORES) + " |",
              "|" + " --- |" * (len(SCORES) + 2)]
     for v in variants:
-        ran = sorted((r for r in group if f"metrics/{v}.json" in r["metrics"]),
-                     key=lambda r: r["params"]["train"]["seed"])
+        ran = evaluated(group, v)
         cells = [", ".join(str(r["params"]["train"]["seed"]) for r in ran) or "-"]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
@@ -198,9 +203,8 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
                      for key, group in groups.items())
     if not curves_variant:
         return text
-    ran = {key: [r for r in group if f"metrics/{curves_variant}.json" in r["metrics"]]
-           for key, group in groups.items()}
-    ran = {key: group for key, group in ran.items() if group}
+    ran = {key: evaluated(group, curves_variant) for key, group in groups.items()
+           if evaluated(group, curves_variant)}
     if not ran:
         raise RuntimeError(f"no seed group evaluated {curves_variant}")
     names = [r["sources"][f"metrics/{curves_variant}.json"] for group in ran.values() for r in group]
