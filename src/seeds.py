@@ -102,6 +102,10 @@ def lookup(metrics: dict | None, path: tuple):
     return metrics
 
 
+def mean_std(values: list) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
 def evaluated(group: list[dict], variant: str) -> list[dict]:
     """The runs of a group that evaluated `variant`, by seed."""
     return sorted((r for r in group if f"metrics/{variant}.json" in r["metrics"]),
@@ -120,8 +124,7 @@ def summary_table(group: list[dict]) -> str:
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
-            cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-                         if len(values) > 1 else "-")
+            cells.append(mean_std(values) if len(values) > 1 else "-")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -165,9 +168,8 @@ def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str
         lines.append(f"| {seed} | {epochs} | " + " | ".join(
             f"{means[col][-1]:.3f}" for col in columns) + " |")
     if len(means[columns[0]]) > 1:
-        lines.append("| mean ± std | | " + " | ".join(
-            f"{statistics.mean(means[col]):.3f} ± {statistics.stdev(means[col]):.3f}"
-            for col in columns) + " |")
+        lines.append("| mean ± std | | " + " | ".join(mean_std(means[col]) for col in columns)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -203,8 +205,8 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
                      for key, group in groups.items())
     if not curves_variant:
         return text
-    ran = {key: evaluated(group, curves_variant) for key, group in groups.items()
-           if evaluated(group, curves_variant)}
+    ran = {key: evaluated(group, curves_variant) for key, group in groups.items()}
+    ran = {key: group for key, group in ran.items() if group}
     if not ran:
         raise RuntimeError(f"no seed group evaluated {curves_variant}")
     names = [r["sources"][f"metrics/{curves_variant}.json"] for group in ran.values() for r in group]
