@@ -40,6 +40,8 @@ def test_variant_override_wins_over_train_default():
     (lambda p: p["variants"]["cnn"].update(framing="crop"),
      "variants.cnn.framing: 'crop' is not allowed; use one of letterbox, body, body_masked"),
     (lambda p: p["train"].update(augment="heavy"), "train.augment"),
+    (lambda p: p["variants"]["resnet50_fc"].update(precision="fp16"),
+     "variants.resnet50_fc.precision: 'fp16' is not allowed; use one of auto, fp32, bf16"),
     (lambda p: p["train"].update(colour="red"), "train.colour: unknown key"),
 ])
 def test_invalid_params_name_the_key_and_allowed_values(edit, message):
