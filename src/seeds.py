@@ -103,6 +103,9 @@ def lookup(metrics: dict | None, path: tuple):
 
 
 def mean_std(values: list) -> str:
+    """One run has no spread: its value alone, so that a single seed still shows."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
@@ -115,7 +118,8 @@ def evaluated(group: list[dict], variant: str) -> list[dict]:
 def summary_table(group: list[dict]) -> str:
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
     seeds = sorted(r["params"]["train"]["seed"] for r in group)
-    lines = [f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each variant",
+    lines = [f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each "
+             "variant (one seed: its value)",
              "", "| variant | seeds | " + " | ".join(column for column, _ in SCORES) + " |",
              "|" + " --- |" * (len(SCORES) + 2)]
     for v in variants:
@@ -124,7 +128,7 @@ def summary_table(group: list[dict]) -> str:
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
-            cells.append(mean_std(values) if len(values) > 1 else "-")
+            cells.append(mean_std(values) if values else "-")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

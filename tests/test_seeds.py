@@ -132,6 +132,6 @@ def test_curves_use_the_seeds_that_evaluated_the_variant(tmp_path, monkeypatch, 
     path.write_text(json.dumps(data))
     assert main([str(path), "--curves", "resnet50"]) == 0
     summary, table = capsys.readouterr().out.split("epoch by epoch")
-    assert "| resnet50 | 1 | - |" in summary  # one seed of the lr=0.001 group: no std
+    assert "| resnet50 | 1 | 0.200 | 0.300 |" in summary  # one seed: its value, no std
     assert "val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 |" in table
     assert "| 1 | 1 | 0.500 | 0.500 |" in table and "| 2 |" not in table  # h ran seed 1 only
