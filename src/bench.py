@@ -1,5 +1,6 @@
-"""Training throughput: the pipeline's training step against a plain PyTorch loop like the
-study's, in the same run, on the same data, for the same training run.
+"""Training throughput of the pipeline's step against a plain PyTorch loop like the study's.
+
+Both run in the same run of this script, on the same data, for the same training run.
 
     python -m src.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
     python -m src.bench --compile           # also the pipeline's step under torch.compile

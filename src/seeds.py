@@ -1,5 +1,7 @@
-"""Seed variability: mean and standard deviation of every variant's validation macro F1 (of the
-chosen checkpoint) and test metrics over the experiments that differ only in `train.seed`.
+"""Seed variability: each variant's scores, mean ± std over runs that differ only in the seed.
+
+The scores: validation macro F1 of the chosen checkpoint, and the test metrics. Experiments
+whose params differ in more than `train.seed` form separate groups, one table each.
 
     dvc exp run --queue -S 'train.seed=1,2,3'
     dvc queue start -j 2        # then wait until `dvc queue status` shows them done
