@@ -49,6 +49,7 @@ class FloorConfig:
 class TrainConfig:
     max_epochs: int
     patience: int
+    min_delta: float
     batch_size: int
     lr: float
     weight_decay: float
@@ -134,6 +135,7 @@ def _check_train(t: TrainConfig, key: str) -> None:
     for name in ("max_epochs", "batch_size", "augment_views"):
         _at_least(getattr(t, name), 1, f"{key}.{name}")
     _at_least(t.patience, 1, f"{key}.patience")
+    _at_least(t.min_delta, 0, f"{key}.min_delta")
     _at_least(t.draws_per_epoch, 0, f"{key}.draws_per_epoch")
     if t.lr <= 0:
         raise ConfigError(f"{key}.lr: {t.lr} must be a positive number (the study used 0.001)")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -126,3 +128,24 @@ def draw_order(sample_weights: torch.Tensor, draws: int, generator) -> torch.Ten
                           for _ in range(int(np.ceil(draws / n)))])
         return perm[:draws]
     return torch.multinomial(sample_weights, draws, replacement=True, generator=generator)
+
+
+@dataclass
+class EarlyStopping:
+    """The study's rule: an epoch improves when its validation loss is at least `min_delta`
+    below the best so far; training stops after `patience` epochs without one, and the weights
+    of the best epoch are the ones kept."""
+    patience: int
+    min_delta: float
+    best_loss: float = math.inf
+    best_epoch: int = 0
+
+    def improved(self, loss: float, epoch: int) -> bool:
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch = loss, epoch
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        """After `epoch` has been trained and validated."""
+        return epoch - self.best_epoch >= self.patience

@@ -53,7 +53,8 @@ the model has not been validated on any clinical population.
 {variant.arch}, trains `{variant.trainable}` ({metrics['train']['trainable_params']:,} of
 {metrics['train']['total_params']:,} parameters); initial weights: `{'none (from scratch)' if
 variant.arch == 'cnn' else t.weights}`. Adam, lr {t.lr}, batch {t.batch_size}, at most
-{t.max_epochs} epochs with early stopping on validation loss (patience {t.patience}); ran
+{t.max_epochs} epochs, stopped after {t.patience} epochs without a validation loss {t.min_delta}
+below the best; ran
 {metrics['train']['epochs']} epochs, checkpoint of epoch {metrics['train']['best_epoch']}
 (chosen on validation only). Seed {t.seed}.
 

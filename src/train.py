@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 from pathlib import Path
 
 import torch
@@ -22,7 +22,8 @@ from torch import nn
 
 from src.config import CLASSES, load_config
 from src.data import PREPARED_DIR, file_digest, load_split
-from src.engine import Batches, draw_order, grad_scaler, train_one_epoch, validate
+from src.engine import Batches, EarlyStopping, draw_order, grad_scaler, train_one_epoch, \
+    validate
 from src.models import MODELS_DIR, build_model, count_parameters, split_frozen
 from src.transforms import NORMALIZATION, preset
 from src.utils import StageError, autocast_dtype, pick_device, seed_everything, stage_main, \
@@ -83,12 +84,14 @@ def train_variant(name: str) -> dict:
     # (which DVC deletes before rerunning a stage); a rerun with the same key continues from it.
     resume_path = RESUME_DIR / f"{name}.pt"
     key = run_key(variant, [PREPARED_DIR / "train.pt", PREPARED_DIR / "valid.pt"])
-    state = {"key": key, "epoch": 0, "history": [], "best": {"val_loss": float("inf")},
-             "best_state": None, "seconds": 0.0}
+    stopper = EarlyStopping(t.patience, t.min_delta)
+    state = {"key": key, "epoch": 0, "history": [], "best": {}, "best_state": None,
+             "seconds": 0.0, "stopper": astuple(stopper)}
     if resume_path.exists():
         saved = torch_load(resume_path)
         if saved["key"] == key:
             state = saved
+            stopper = EarlyStopping(*saved["stopper"])
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scaler.load_state_dict(saved["scaler"])
@@ -107,8 +110,9 @@ def train_variant(name: str) -> dict:
             live.next_step()
         best = state["best"]
         for epoch in range(state["epoch"] + 1, t.max_epochs + 1):
-            if "epoch" in best and epoch - 1 - best["epoch"] >= t.patience:
-                print(f"{name}: early stop, no better validation loss for {t.patience} epochs")
+            if stopper.should_stop(epoch - 1):
+                print(f"{name}: early stop, no validation loss {t.min_delta} below the best "
+                      f"for {t.patience} epochs")
                 break
             order = draw_order(train["sample_weights"], draws, generator)
             train_scores = train_one_epoch(head, train_batches, order, t.batch_size, optimizer,
@@ -126,12 +130,12 @@ def train_variant(name: str) -> dict:
             print(f"{name} epoch {epoch}: train loss {train_scores['loss']:.4f} "
                   f"acc {train_scores['acc']:.3f} | val loss {val_scores['loss']:.4f} "
                   f"acc {val_scores['acc']:.3f} f1 {val_scores['f1_macro']:.3f}", flush=True)
-            if val_scores["loss"] < best["val_loss"]:
+            if stopper.improved(val_scores["loss"], epoch):
                 best = {f"val_{k}": v for k, v in val_scores.items()} | {"epoch": epoch}
                 state["best_state"] = {k: v.detach().cpu().clone()
                                        for k, v in model.state_dict().items()}
             state |= {"epoch": epoch, "history": state["history"] + [logged], "best": best,
-                      "seconds": time.perf_counter() - started}
+                      "seconds": time.perf_counter() - started, "stopper": astuple(stopper)}
             torch_save(resume_path, state | {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),

@@ -37,3 +37,14 @@ def test_float16_autocast_scales_the_loss_so_small_gradients_still_train():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, None])
 def test_bfloat16_and_float32_need_no_loss_scaling(dtype):
     assert not grad_scaler(CPU, dtype).is_enabled()
+
+
+def test_early_stopping_counts_only_drops_of_at_least_min_delta():
+    from src.engine import EarlyStopping
+    stopper = EarlyStopping(patience=2, min_delta=0.001)
+    assert stopper.improved(1.0, epoch=1)
+    assert not stopper.improved(0.9995, epoch=2)  # lower, but by less than min_delta
+    assert not stopper.should_stop(2)
+    assert not stopper.improved(0.9990, epoch=3)  # exactly min_delta below is not enough
+    assert stopper.should_stop(3) and stopper.best_epoch == 1
+    assert stopper.improved(0.5, epoch=4) and not stopper.should_stop(5)

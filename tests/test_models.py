@@ -80,3 +80,18 @@ def test_weights_from_a_local_state_dict_file(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "r50.pth")
     model = build_model(variant("resnet50", weights=str(tmp_path / "r50.pth")))
     assert torch.equal(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
+def test_cnn_is_the_studys_layer_for_layer():
+    # The study's code: five conv-BN-ReLU-maxpool blocks, Dropout2d(0.15) after blocks 3 to 5,
+    # dense 512 -> Dropout(0.4) -> 256 -> Dropout(0.25) -> 4 classes.
+    from torch import nn
+    block = ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    expected = block * 2 + (block + ["Dropout2d"]) * 3 + [
+        "Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    model = build_model(variant("cnn"))
+    assert [type(m).__name__ for m in model] == expected
+    assert [m.out_channels for m in model if isinstance(m, nn.Conv2d)] == [32, 64, 128, 256, 512]
+    assert [m.p for m in model if isinstance(m, nn.Dropout2d)] == [0.15, 0.15, 0.15]
+    assert [m.p for m in model if type(m) is nn.Dropout] == [0.4, 0.25]
+    assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [512, 256, 4]
