@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import sys
 
-import numpy as np
 
-from src import plots
-from src.config import CLASSES, load_config
-from src.metrics import REPORTS_DIR, mcnemar, read_metrics
-from src.utils import StageError, stage_main, write_text
+from src.lib import plots
+from src.lib.config import load_config
+from src.lib.errors import command
+from src.lib.io import markdown_table, write_text
+from src.lib.metrics import format_p, mcnemar, read_metrics, read_predictions
+from src.lib.paths import REPORTS_DIR
 
 # Reported on the official test split by the study this project reproduces (accuracy, macro F1,
 # weighted F1), keyed by (architecture, trainable part).
@@ -27,29 +28,19 @@ STUDY = {("cnn", "all"): (0.565, 0.577, 0.494),
 SCORES = ("accuracy", "f1_macro", "f1_weighted")
 
 
-def predictions(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True and predicted classes of the test images, in test order, and the leak-free mask."""
-    path = REPORTS_DIR / name / "predictions.json"
-    if not path.exists():
-        raise StageError(f"{path}: not found; run `dvc repro` to make it")
-    rows = json.loads(path.read_text())
-    return (np.array([CLASSES.index(r["actual"]) for r in rows]),
-            np.array([CLASSES.index(r["predicted"]) for r in rows]),
-            np.array([r["leak_free"] for r in rows], dtype=bool))
-
-
 def row(name: str, released: str, **extra) -> dict:
     m = read_metrics(name)
     out = {"variant": name, **extra}
     for part, key in (("test", "test"), ("test_leak_free", "leak_free")):
         for score in SCORES:
             out[f"{key}_{score}"] = m[part][score]
-            out[f"{key}_{score}_low"], out[f"{key}_{score}_high"] = m[part]["ci95"][score]
+            out[f"{key}_{score}_low"] = m[part][f"{score}_ci95_low"]
+            out[f"{key}_{score}_high"] = m[part][f"{score}_ci95_high"]
         out[f"{key}_ece"] = m[part]["ece"]
         out[f"{key}_ece_scaled"] = m[part].get("ece_scaled")
     if name != released:
-        targets, ours, leak_free = predictions(name)
-        theirs = predictions(released)[1]
+        targets, ours, leak_free = read_predictions(name)
+        theirs = read_predictions(released)[1]
         out["mcnemar_p_vs_released"] = mcnemar(targets, ours, theirs)["p_value"]
         out["leak_free_mcnemar_p_vs_released"] = mcnemar(
             targets[leak_free], ours[leak_free], theirs[leak_free])["p_value"]
@@ -83,26 +74,26 @@ def markdown(rows: list[dict], released: str) -> str:
               "val macro F1", "test accuracy", "test macro F1", "test weighted F1",
               "leak-free weighted F1", "ECE (scaled)", f"McNemar p vs {released} (leak-free)",
               "study acc / macro / weighted F1"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    table = []
     for r in rows:
         params = f"{num(r.get('trainable_params'))} / {num(r.get('total_params'))}" \
             if r.get("total_params") else "-"
         epochs = f"{r['epochs']} ({r['best_epoch']})" if r.get("epochs") else "-"
         study = " / ".join(num(r.get(f"study_{s}")) for s in SCORES) \
             if r.get("study_accuracy") else "-"
-        cells = [r["variant"], r["trainable"], params, epochs, num(r.get("train_seconds"), 0),
-                 num(r["val_f1_macro"]), ci(r, "test_accuracy"), ci(r, "test_f1_macro"),
-                 ci(r, "test_f1_weighted"), ci(r, "leak_free_f1_weighted"),
-                 f"{num(r['test_ece'])} ({num(r['test_ece_scaled'])})",
-                 "released" if r["variant"] == released else
-                 f"{num(r['mcnemar_p_vs_released'], 4)} "
-                 f"({num(r['leak_free_mcnemar_p_vs_released'], 4)})",
-                 study]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append([
+            r["variant"], r["trainable"], params, epochs, num(r.get("train_seconds"), 0),
+            num(r["val_f1_macro"]), ci(r, "test_accuracy"), ci(r, "test_f1_macro"),
+            ci(r, "test_f1_weighted"), ci(r, "leak_free_f1_weighted"),
+            f"{num(r['test_ece'])} ({num(r['test_ece_scaled'])})",
+            "released" if r["variant"] == released else
+            f"{format_p(r['mcnemar_p_vs_released'])} "
+            f"({format_p(r['leak_free_mcnemar_p_vs_released'])})",
+            study])
+    return markdown_table(header, table)
 
 
-@stage_main
+@command
 def main() -> None:
     cfg = load_config()
     rows = [variant_row(v, cfg.model) for v in cfg.variants.values()] + [floor_row(cfg.model)]
@@ -126,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 import zipfile
 from pathlib import Path
 
-from src.config import load_config
-from src.data import RAW_DIR, find_split_root, scan_raw
-from src.utils import StageError, stage_main
+from src.lib.config import load_config
+from src.lib.data import find_split_root, scan_raw
+from src.lib.errors import UserError, command
+from src.lib.paths import RAW_DIR, SAMPLE_DIR
 
-SAMPLE_DIR = Path("data/sample")
 OFFLINE_HINT = ("set data.source=local with data.archive=<the zip from the dataset's page>, "
                 "or data.source=sample for the bundled subset")
 
@@ -41,16 +42,16 @@ def from_kaggle(dataset: str, target: Path) -> None:
     try:
         kagglehub.dataset_download(dataset, output_dir=str(target), force_download=True)
     except requests.exceptions.ConnectionError:
-        raise StageError(f"cannot reach Kaggle to download {dataset} (no network?); "
+        raise UserError(f"cannot reach Kaggle to download {dataset} (no network?); "
                          + OFFLINE_HINT) from None
     except requests.exceptions.HTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         who = "with your credentials" if has_kaggle_credentials() else \
             "anonymously; set KAGGLE_USERNAME and KAGGLE_KEY or put kaggle.json in ~/.kaggle"
-        raise StageError(f"Kaggle refused the download of {dataset} {who} (HTTP {status}); "
+        raise UserError(f"Kaggle refused the download of {dataset} {who} (HTTP {status}); "
                          + OFFLINE_HINT) from None
     except Exception as e:  # kagglehub wraps some failures in its own exception types
-        raise StageError(f"downloading {dataset} from Kaggle failed ({type(e).__name__}: "
+        raise UserError(f"downloading {dataset} from Kaggle failed ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); " + OFFLINE_HINT) from None
 
 
@@ -60,25 +61,25 @@ def safe_extract(archive: Path, target: Path, max_mb: int) -> None:
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
-        raise StageError(f"{archive}: not a zip file; give the zip from the dataset's page or "
+        raise UserError(f"{archive}: not a zip file; give the zip from the dataset's page or "
                          "the folder it unpacks to") from None
     with zf:
         members = zf.infolist()
         if not members:
-            raise StageError(f"{archive}: the zip is empty")
+            raise UserError(f"{archive}: the zip is empty")
         unpacked = sum(m.file_size for m in members)
         if unpacked > max_mb * 2**20:
-            raise StageError(f"{archive}: would unpack to {unpacked / 2**20:,.0f} MB, over "
+            raise UserError(f"{archive}: would unpack to {unpacked / 2**20:,.0f} MB, over "
                              f"data.max_extract_mb={max_mb}; raise it if the archive is trusted")
         root = target.resolve()
         for m in members:
             dest = (target / m.filename).resolve()
             if os.path.isabs(m.filename) or ".." in Path(m.filename).parts or \
                     not dest.is_relative_to(root):
-                raise StageError(f"{archive}: member '{m.filename}' would be written outside "
+                raise UserError(f"{archive}: member '{m.filename}' would be written outside "
                                  "the target folder; refusing this archive")
             if stat.S_ISLNK(m.external_attr >> 16):
-                raise StageError(f"{archive}: member '{m.filename}' is a symbolic link; "
+                raise UserError(f"{archive}: member '{m.filename}' is a symbolic link; "
                                  "refusing this archive")
         zf.extractall(target)
 
@@ -86,7 +87,7 @@ def safe_extract(archive: Path, target: Path, max_mb: int) -> None:
 def from_local(archive: str, target: Path, max_mb: int) -> None:
     path = Path(archive).expanduser()
     if not path.exists():
-        raise StageError(f"data.archive: '{archive}' does not exist; give the path of the zip "
+        raise UserError(f"data.archive: '{archive}' does not exist; give the path of the zip "
                          "downloaded from the dataset's page, or of the folder it unpacks to")
     if path.is_dir():
         shutil.copytree(path, target)
@@ -108,7 +109,7 @@ def fetch(cfg) -> None:
         split_root = find_split_root(partial)
         files, _ = scan_raw(partial)  # a missing or unknown class folder stops here
         if not files:
-            raise StageError(f"{cfg.data.source}: the dataset holds no images")
+            raise UserError(f"{cfg.data.source}: the dataset holds no images")
         # Kaggle's layout: the splits under Data/, whatever folder the source wrapped them in.
         staged = partial.with_name(partial.name + ".data")
         shutil.rmtree(staged, ignore_errors=True)
@@ -121,10 +122,10 @@ def fetch(cfg) -> None:
     print(f"{cfg.data.source}: {len(files)} images in {RAW_DIR}/Data")
 
 
-@stage_main
+@command
 def main() -> None:
     fetch(load_config())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

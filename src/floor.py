@@ -5,17 +5,21 @@ global intensity and framing. Its regularization is chosen on valid; test is sco
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from src.config import load_config
-from src.data import load_split
-from src.metrics import METRICS_DIR, REPORTS_DIR, headline, report, test_metrics, \
-    write_predictions
-from src.transforms import resize
-from src.utils import seed_everything, stage_main, write_json
+from src.lib.config import load_config
+from src.lib.data import load_split
+from src.lib.device import seed_everything
+from src.lib.errors import command
+from src.lib.io import write_json
+from src.lib.metrics import headline, report, test_metrics, write_predictions
+from src.lib.paths import METRICS_DIR
+from src.lib.transforms import resize
 
 
 def pixels(split: dict, size: int) -> np.ndarray:
@@ -23,7 +27,7 @@ def pixels(split: dict, size: int) -> np.ndarray:
     return gray.flatten(1).numpy()
 
 
-@stage_main
+@command
 def main() -> None:
     cfg = load_config()
     seed_everything(cfg.train.seed)
@@ -41,13 +45,13 @@ def main() -> None:
     classifier, val, C = best
     probabilities = classifier.predict_proba(pixels(test, size))
     metrics = test_metrics(test["labels"].numpy(), probabilities, test["leak_free"].numpy(),
-                           cfg.train.seed)
+                           seed=cfg.train.seed)
     metrics |= {"valid": val, "C": C}
-    write_predictions(REPORTS_DIR / "floor/predictions.json", test, probabilities)
+    write_predictions("floor", test, probabilities)
     write_json(METRICS_DIR / "floor.json", metrics)
     print(f"floor: test weighted F1 {metrics['test']['f1_weighted']:.3f}, leak-free "
           f"{metrics['test_leak_free']['f1_weighted']:.3f}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

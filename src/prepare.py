@@ -7,21 +7,20 @@ report with its figures to reports/data/.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from src import plots
-from src.config import CLASSES, SPLITS, load_config
-from src.data import PREPARED_DIR, RAW_DIR, decode_rgb, file_digest, letterbox, pixel_digest, \
-    scan_raw
-from src.transforms import augment
-from src.utils import stage_main, torch_save, write_json, write_text
-
-REPORT_DIR = Path("reports/data")
+from src.lib import plots
+from src.lib.config import CLASSES, SPLITS, load_config
+from src.lib.data import balance_weights, decode_rgb, letterbox, pixel_digest, scan_raw
+from src.lib.errors import command
+from src.lib.io import file_digest, markdown_table, torch_save, write_json, write_text
+from src.lib.paths import DATA_REPORT_DIR, PREPARED_DIR, RAW_DIR
+from src.lib.transforms import augment
 
 
 def decode_all(files, size: int):
@@ -79,20 +78,6 @@ def find_duplicates(records: list[dict]) -> dict:
     return {"removed": removed, "leak_free": leak_free, "stats": dict(stats)}
 
 
-def balance_weights(labels: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample draw weights and per-class loss weights for the training split.
-    oversample: draw every class equally often (the study's weighted sampler);
-    class_weights: draw uniformly, weight the loss by inverse class frequency; none: neither."""
-    counts = torch.bincount(labels, minlength=len(CLASSES)).clamp(min=1).float()
-    inverse = counts.sum() / (len(CLASSES) * counts)
-    ones_s, ones_c = torch.ones(len(labels)), torch.ones(len(CLASSES))
-    if method == "oversample":
-        return inverse[labels], ones_c
-    if method == "class_weights":
-        return ones_s, inverse
-    return ones_s, ones_c
-
-
 def count_by(files) -> dict:
     """Images per split and class."""
     out = {s: {c: 0 for c in CLASSES} for s in SPLITS}
@@ -104,9 +89,11 @@ def count_by(files) -> dict:
 def build_splits(kept, dup, balance: str) -> dict:
     splits = {}
     for split in SPLITS:
-        idx = [i for i, r in enumerate(kept) if r["file"].split == split and i not in dup["removed"]]
-        data = {"images": torch.from_numpy(np.stack([kept[i]["array"] for i in idx])).permute(0, 3, 1, 2).contiguous()
-                if idx else torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
+        idx = [i for i, r in enumerate(kept)
+               if r["file"].split == split and i not in dup["removed"]]
+        arrays = np.stack([kept[i]["array"] for i in idx]) if idx else \
+            np.zeros((0, 1, 1, 3), dtype=np.uint8)
+        data = {"images": torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(),
                 "labels": torch.tensor([CLASSES.index(kept[i]["file"].label) for i in idx],
                                        dtype=torch.int64),
                 "files": [kept[i]["file"].name for i in idx],
@@ -119,7 +106,7 @@ def build_splits(kept, dup, balance: str) -> dict:
     return splits
 
 
-def write_report(raw_counts, kept, dup, skipped, splits, image_size, balance) -> dict:
+def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance) -> dict:
     after = {s: {c: int((splits[s]["labels"] == i).sum()) for i, c in enumerate(CLASSES)}
              for s in SPLITS}
     report = {
@@ -127,42 +114,45 @@ def write_report(raw_counts, kept, dup, skipped, splits, image_size, balance) ->
         "balance": balance,
         "counts_found": raw_counts,
         "counts_prepared": after,
-        "test_leak_free": {c: int((splits["test"]["labels"][splits["test"]["leak_free"]] == i).sum())
-                           for i, c in enumerate(CLASSES)},
+        "test_leak_free": {
+            c: int((splits["test"]["labels"][splits["test"]["leak_free"]] == i).sum())
+            for i, c in enumerate(CLASSES)},
         "duplicates": dup["stats"],
         "removed": [{"file": kept[i]["file"].name, "reason": why}
                     for i, why in sorted(dup["removed"].items())],
         "skipped": skipped,
     }
-    write_json(REPORT_DIR / "report.json", report)
+    write_json(DATA_REPORT_DIR / "report.json", report)
+    counts = markdown_table(["split", "class", "found", "prepared"], [
+        [s, c, raw_counts[s][c], after[s][c]] for s in SPLITS for c in CLASSES])
     lines = ["# Data report", "", f"Letterboxed to {image_size}x{image_size}; balancing: {balance}.",
-             "", "| split | class | found | prepared |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s} | {c} | {raw_counts[s][c]} | {after[s][c]} |" for s in SPLITS for c in CLASSES]
+             "", counts.rstrip()]
     lines += ["", f"Leak-free test images: {sum(report['test_leak_free'].values())} "
               f"{report['test_leak_free']}", "", "Duplicates: " + ", ".join(
                   f"{k} {v}" for k, v in dup["stats"].items()), "",
               f"Removed from train/valid: {len(report['removed'])}",
               *[f"- {r['file']}: {r['reason']}" for r in report["removed"]], "",
-              f"Skipped files: {len(skipped)}", *[f"- {s['file']}: {s['reason']}" for s in skipped]]
-    write_text(REPORT_DIR / "report.md", "\n".join(lines) + "\n")
+              f"Skipped files: {len(skipped)}",
+              *[f"- {s['file']}: {s['reason']}" for s in skipped]]
+    write_text(DATA_REPORT_DIR / "report.md", "\n".join(lines) + "\n")
     return report
 
 
 def write_figures(raw_counts, report, splits) -> None:
     plots.class_distribution({"found": raw_counts, "prepared": report["counts_prepared"]},
-                             REPORT_DIR / "class_distribution.png")
+                             DATA_REPORT_DIR / "images/class_distribution.png")
     plots.sample_grid(splits["train"]["images"], splits["train"]["labels"],
-                      REPORT_DIR / "samples.png")
-    plots.intensity_histograms(splits, REPORT_DIR / "intensity_histograms.png")
+                      DATA_REPORT_DIR / "images/samples.png")
+    plots.intensity_histograms(splits, DATA_REPORT_DIR / "images/intensity_histograms.png")
     if len(splits["train"]["images"]):
         image = splits["train"]["images"][:1].float() / 255
         generator = torch.Generator().manual_seed(0)
         views = torch.cat([image] + [augment(image, generator) for _ in range(5)])
         plots.image_row((views * 255).to(torch.uint8), ["original"] + ["augmented"] * 5,
-                        REPORT_DIR / "augmentation_examples.png")
+                        DATA_REPORT_DIR / "images/augmentation_examples.png")
 
 
-@stage_main
+@command
 def main() -> None:
     cfg = load_config()
     files, skipped = scan_raw(RAW_DIR)
@@ -171,8 +161,9 @@ def main() -> None:
     dup = find_duplicates(kept)
     splits = build_splits(kept, dup, cfg.prepare.balance)
     raw_counts = count_by(files)
-    report = write_report(raw_counts, kept, dup, skipped, splits, cfg.prepare.image_size,
-                          cfg.prepare.balance)
+    report = write_report(raw_counts=raw_counts, kept=kept, dup=dup, skipped=skipped,
+                          splits=splits, image_size=cfg.prepare.image_size,
+                          balance=cfg.prepare.balance)
     write_figures(raw_counts, report, splits)
     shutil.rmtree(PREPARED_DIR, ignore_errors=True)
     for split, data in splits.items():
@@ -180,8 +171,8 @@ def main() -> None:
     sizes = ", ".join(f"{s} {len(d['labels'])}" for s, d in splits.items())
     print(f"prepared {sizes} images "
           f"at {cfg.prepare.image_size}px; skipped {len(skipped)} files, removed "
-          f"{len(dup['removed'])} duplicates; report in {REPORT_DIR}/report.md")
+          f"{len(dup['removed'])} duplicates; report in {DATA_REPORT_DIR}/report.md")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,16 +7,15 @@ does, with its known problems.
 """
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
+import sys
 
-from src.config import load_config
-from src.metrics import REPORTS_DIR, read_metrics
-from src.models import MODELS_DIR
-from src.utils import StageError, atomic_write, stage_main, write_json, write_text
+from src.lib.config import load_config
+from src.lib.errors import command
+from src.lib.io import atomic_write, markdown_table, not_found, read_json, write_json, write_text
+from src.lib.metrics import read_metrics, with_interval
+from src.lib.paths import DATA_REPORT_DIR, MODELS_DIR, RELEASE_DIR
 
-RELEASE_DIR = Path("release")
 # What `train.framing` and `train.intensity` do, for the model card.
 FRAMING = {"letterbox": "",
            "body": "crop to the body's bounding box stretched to the square, ",
@@ -25,19 +24,15 @@ FRAMING = {"letterbox": "",
 WINDOW = {"as_is": "", "window": "map the body's 1st-99th gray percentiles to 0-255, "}
 
 
-def interval(m: dict, score: str) -> str:
-    low, high = m["ci95"][score]
-    return f"{m[score]:.3f} (95% CI {low:.3f}-{high:.3f})"
-
-
 def model_card(name: str, variant, metrics: dict, data: dict) -> str:
     t = variant.train
-    rows = []
-    for label, key in (("official test split", "test"), ("leak-free test", "test_leak_free")):
-        m = metrics[key]
-        rows.append(f"| {label} | {m['support']} | {interval(m, 'accuracy')} | "
-                    f"{interval(m, 'f1_macro')} | {interval(m, 'f1_weighted')} | "
-                    f"{m['ece']:.3f} / {m.get('ece_scaled', float('nan')):.3f} |")
+    table = markdown_table(
+        ["test set", "images", "accuracy", "macro F1", "weighted F1", "ECE raw / scaled"],
+        [[label, m["support"], *(with_interval(m, s) for s in ("accuracy", "f1_macro",
+                                                               "f1_weighted")),
+          f"{m['ece']:.3f} / {m['ece_scaled']:.3f}"]
+         for label, m in (("official test split", metrics["test"]),
+                          ("leak-free test", metrics["test_leak_free"]))])
     per_class = ", ".join(f"{c} {f:.2f}" for c, f in metrics["test"]["f1_per_class"].items())
     train_counts = ", ".join(f"{c} {n}" for c, n in data["counts_prepared"]["train"].items())
     dup = data["duplicates"]
@@ -82,10 +77,7 @@ states. `python -m src.predict` applies exactly this.
 Test split scored once. Intervals: bootstrap, 1000 resamples. ECE: expected calibration error,
 raw / after temperature scaling (T = {metrics['temperature']:.2f}, fitted on valid).
 
-| test set | images | accuracy | macro F1 | weighted F1 | ECE raw / scaled |
-| --- | --- | --- | --- | --- | --- |
-{chr(10).join(rows)}
-
+{table}
 Per-class F1 on the official test split: {per_class}.
 
 ## Limitations
@@ -96,19 +88,21 @@ is measured on 315 images.
 """
 
 
-@stage_main
+@command
 def main() -> None:
     cfg = load_config()
     name = cfg.model
     source = MODELS_DIR / name / "model.pt"
     if not source.exists():
-        raise StageError(f"{source}: not found; run `dvc repro train@{name}` first")
+        raise not_found(source)
     metrics = read_metrics(name)
-    data = json.loads((REPORTS_DIR / "data/report.json").read_text())
+    data = read_json(DATA_REPORT_DIR / "report.json")
     atomic_write(RELEASE_DIR / "model.pt", lambda p: shutil.copyfile(source, p))
-    headline = {"model": name, "test_accuracy": metrics["test"]["accuracy"],
-                "test_f1_macro": metrics["test"]["f1_macro"],
-                "test_f1_weighted": metrics["test"]["f1_weighted"],
+    test = metrics["test"]
+    headline = {"model": name, "test_accuracy": test["accuracy"],
+                "test_f1_macro": test["f1_macro"], "test_f1_weighted": test["f1_weighted"],
+                "test_f1_weighted_ci95_low": test["f1_weighted_ci95_low"],
+                "test_f1_weighted_ci95_high": test["f1_weighted_ci95_high"],
                 "leak_free_f1_weighted": metrics["test_leak_free"]["f1_weighted"]}
     write_json(RELEASE_DIR / "metrics.json", headline)
     write_text(RELEASE_DIR / "MODEL_CARD.md", model_card(name, cfg.variant(name), metrics, data))
@@ -116,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

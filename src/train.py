@@ -3,8 +3,8 @@
     python -m src.train resnet50
 
 Frozen layers run in eval mode once per image and augmentation view (see engine.Batches); the
-trainable head trains on those activations. Early stopping on validation loss; the test split is
-not read here. Logs every epoch with DVCLive to dvclive/<variant>/.
+trainable head trains on those activations. Early stopping on validation loss, as the study; the
+test split is not read here. Logs every epoch with DVCLive to dvclive/<variant>/.
 """
 from __future__ import annotations
 
@@ -12,45 +12,114 @@ import argparse
 import hashlib
 import json
 import math
+import sys
 import time
-from dataclasses import asdict, astuple
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import torch
 from dvclive import Live
-from torch import nn
 
-from src.config import CLASSES, load_config
-from src.data import PREPARED_DIR, file_digest, load_split
-from src.engine import Batches, EarlyStopping, draw_order, grad_scaler, train_one_epoch, \
+from src.lib.checkpoint import save_checkpoint
+from src.lib.config import load_config
+from src.lib.data import load_split
+from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
+from src.lib.engine import (
+    Batches, EarlyStopping, TrainingSetup, draw_order, framed, train_one_epoch, training_setup,
     validate
-from src.models import MODELS_DIR, build_model, count_parameters, split_frozen
-from src.transforms import NORMALIZATION, preset
-from src.utils import StageError, autocast_dtype, pick_device, seed_everything, stage_main, \
-    torch_load, torch_save, write_json
-
-LIVE_DIR = Path("dvclive")
-RESUME_DIR = Path(".resume")  # interrupted runs; not a DVC output, ignored by Git
+)
+from src.lib.errors import UserError, command
+from src.lib.io import code_files, file_digest, torch_load, torch_save, write_json
+from src.lib.models import build_model, count_parameters
+from src.lib.paths import LIVE_DIR, MODELS_DIR, PREPARED_DIR, RESUME_DIR
 
 
-def checkpoint(variant, state_dict: dict, prepared_size: int) -> dict:
-    """Everything needed to use the model: weights, labels and preprocessing (letterbox to
-    `prepared_size`, resize to `image_size`, normalize), in one file that
-    torch.load(weights_only=True) reads."""
-    return {"state_dict": state_dict, "variant": variant.name, "arch": variant.arch,
-            "trainable": variant.trainable, "image_size": variant.image_size,
-            "prepared_size": prepared_size, "framing": variant.train.framing,
-            "intensity": variant.train.intensity, "classes": list(CLASSES),
-            **NORMALIZATION[variant.arch]}
+@dataclass
+class Progress:
+    """Where a training run stands after its last completed epoch."""
+    stopper: EarlyStopping
+    epoch: int = 0
+    history: list = field(default_factory=list)  # what was logged each epoch
+    best: dict = field(default_factory=dict)     # validation scores of the best epoch
+    best_weights: dict | None = None
+    seconds: float = 0.0
+
+    def record(self, epoch: int, logged: dict, val_scores: dict, model, seconds: float) -> None:
+        """After an epoch: keep its weights if its validation loss is the best so far."""
+        if self.stopper.improved(val_scores["loss"], epoch):
+            self.best = {f"val_{k}": v for k, v in val_scores.items()}
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.epoch, self.history, self.seconds = epoch, self.history + [logged], seconds
 
 
-def run_key(variant, files: list[Path]) -> str:
-    """Identifies a training run: the variant's settings, the prepared data and the code. A saved
-    state is resumed only under the same key."""
+class Resume:
+    """The whole training state, saved after every epoch outside DVC's outputs (which DVC deletes
+    before rerunning a stage). A rerun continues from it while `key` is unchanged."""
+
+    def __init__(self, name: str, key: str):
+        self.name, self.key, self.path = name, key, RESUME_DIR / f"{name}.pt"
+
+    def load(self, setup: TrainingSetup, model, generator) -> Progress | None:
+        if not self.path.exists():
+            return None
+        saved = torch_load(self.path)
+        if saved["key"] != self.key:
+            print(f"{self.name}: settings, data or code changed since the interrupted run; "
+                  "starting afresh")
+            return None
+        model.load_state_dict(saved["model"])
+        setup.optimizer.load_state_dict(saved["optimizer"])
+        setup.scaler.load_state_dict(saved["scaler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        print(f"{self.name}: resuming after epoch {saved['epoch']} of an interrupted run")
+        return Progress(stopper=EarlyStopping(**saved["stopper"]), epoch=saved["epoch"],
+                        history=saved["history"], best=saved["best"],
+                        best_weights=saved["best_weights"], seconds=saved["seconds"])
+
+    def save(self, progress: Progress, setup: TrainingSetup, model, generator) -> None:
+        torch_save(self.path, {
+            "key": self.key, "epoch": progress.epoch, "history": progress.history,
+            "best": progress.best, "best_weights": progress.best_weights,
+            "seconds": progress.seconds, "stopper": asdict(progress.stopper),
+            "model": model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+            "scaler": setup.scaler.state_dict(), "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state()})
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_key(variant) -> str:
+    """Identifies a training run: the variant's settings, the prepared data and the code the
+    stage runs. A saved state is resumed only under the same key."""
     h = hashlib.sha256(json.dumps(asdict(variant), sort_keys=True).encode())
-    for path in files + sorted(Path("src").glob("*.py")):
+    for path in [PREPARED_DIR / "train.pt", PREPARED_DIR / "valid.pt", *code_files("src.train")]:
         h.update(file_digest(path).encode())
     return h.hexdigest()
+
+
+def log_epoch(live: Live, logged: dict) -> None:
+    for k, v in logged.items():
+        live.log_metric(k, v)
+    live.next_step()
+
+
+def run_epoch(setup: TrainingSetup, valid_batches: Batches, order: torch.Tensor, *, variant,
+              device, dtype, epoch: int) -> tuple[dict, dict]:
+    """Train on `order`, then validate: (what DVCLive logs, the validation scores)."""
+    t, name = variant.train, variant.name
+    train_scores = train_one_epoch(setup, order, t.batch_size, device=device, dtype=dtype,
+                                   desc=f"{name} epoch {epoch}")
+    val_scores = validate(setup.head, valid_batches, batch_size=t.batch_size, device=device,
+                          dtype=dtype)
+    if math.isnan(val_scores["loss"]) or math.isnan(train_scores["loss"]):
+        raise UserError(f"train@{name}: the loss became NaN in epoch {epoch}; lower "
+                        f"variants.{name}.lr (now {t.lr})")
+    print(f"{name} epoch {epoch}: train loss {train_scores['loss']:.4f} "
+          f"acc {train_scores['acc']:.3f} | val loss {val_scores['loss']:.4f} "
+          f"acc {val_scores['acc']:.3f} f1 {val_scores['f1_macro']:.3f}", flush=True)
+    logged = {f"train/{k}": v for k, v in train_scores.items()}
+    return logged | {f"val/{k}": v for k, v in val_scores.items()}, val_scores
 
 
 def train_variant(name: str) -> dict:
@@ -62,97 +131,51 @@ def train_variant(name: str) -> dict:
     dtype = autocast_dtype(t.precision, device)
     model = build_model(variant).to(device, memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
-    prefix, head = split_frozen(model, variant)
+    run_env = environment(device, dtype)
     print(f"{name}: {variant.arch}, trains {variant.trainable} ({trainable:,} of {total:,} "
-          f"parameters) on {device}{' with ' + str(dtype).split('.')[-1] if dtype else ''}")
+          f"parameters) on {run_env['device']} in {run_env['precision']}")
 
     train, valid = load_split("train"), load_split("valid")
     generator = torch.Generator().manual_seed(t.seed)
     started = time.perf_counter()
-    train_batches = Batches(preset(train["images"], variant), train["labels"], variant.arch,
-                            device, dtype, prefix, t.augment_views, t.augment, generator,
-                            t.batch_size, "train")
-    valid_batches = Batches(preset(valid["images"], variant), valid["labels"], variant.arch,
-                            device, dtype, prefix, 1, None, generator, t.batch_size, "valid")
-    criterion = nn.CrossEntropyLoss(weight=train["class_weights"].to(device))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
-                                 weight_decay=t.weight_decay)
-    scaler = grad_scaler(device, dtype)
+    setup = training_setup(model, variant, train, device=device, dtype=dtype,
+                           generator=generator)
+    valid_batches = Batches(framed(valid["images"], variant), valid["labels"], arch=variant.arch,
+                            device=device, dtype=dtype, prefix=setup.prefix,
+                            batch_size=t.batch_size, desc="valid")
     draws = t.draws_per_epoch or len(train["labels"])
-
-    # Resumable: after every epoch the whole training state is saved outside DVC's outputs
-    # (which DVC deletes before rerunning a stage); a rerun with the same key continues from it.
-    resume_path = RESUME_DIR / f"{name}.pt"
-    key = run_key(variant, [PREPARED_DIR / "train.pt", PREPARED_DIR / "valid.pt"])
-    stopper = EarlyStopping(t.patience, t.min_delta)
-    state = {"key": key, "epoch": 0, "history": [], "best": {}, "best_state": None,
-             "seconds": 0.0, "stopper": astuple(stopper)}
-    if resume_path.exists():
-        saved = torch_load(resume_path)
-        if saved["key"] == key:
-            state = saved
-            stopper = EarlyStopping(*saved["stopper"])
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scaler.load_state_dict(saved["scaler"])
-            generator.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            print(f"{name}: resuming after epoch {saved['epoch']} of an interrupted run")
-        else:
-            print(f"{name}: settings, data or code changed since the interrupted run; "
-                  "starting afresh")
-    started -= state["seconds"]
+    resume = Resume(name, run_key(variant))
+    progress = resume.load(setup, model, generator) or Progress(
+        EarlyStopping(t.patience, t.min_delta))
+    started -= progress.seconds
 
     with Live(str(LIVE_DIR / name), dvcyaml=False, save_dvc_exp=False) as live:
-        for logged in state["history"]:  # the resumed epochs, logged again into a fresh Live
-            for k, v in logged.items():
-                live.log_metric(k, v)
-            live.next_step()
-        best = state["best"]
-        for epoch in range(state["epoch"] + 1, t.max_epochs + 1):
-            if stopper.should_stop(epoch - 1):
+        for logged in progress.history:  # the resumed epochs, logged again into a fresh Live
+            log_epoch(live, logged)
+        for epoch in range(progress.epoch + 1, t.max_epochs + 1):
+            if progress.stopper.should_stop(epoch - 1):
                 print(f"{name}: early stop, no validation loss {t.min_delta} below the best "
                       f"for {t.patience} epochs")
                 break
             order = draw_order(train["sample_weights"], draws, generator)
-            train_scores = train_one_epoch(head, train_batches, order, t.batch_size, optimizer,
-                                           scaler, criterion, device, dtype,
-                                           f"{name} epoch {epoch}/{t.max_epochs}")
-            val_scores = validate(head, valid_batches, t.batch_size, device, dtype)
-            if math.isnan(val_scores["loss"]) or math.isnan(train_scores["loss"]):
-                raise StageError(f"train@{name}: the loss became NaN in epoch {epoch}; lower "
-                                 f"variants.{name}.lr (now {t.lr})")
-            logged = {f"{split}/{k}": v for split, s in (("train", train_scores),
-                                                          ("val", val_scores)) for k, v in s.items()}
-            for k, v in logged.items():
-                live.log_metric(k, v)
-            live.next_step()
-            print(f"{name} epoch {epoch}: train loss {train_scores['loss']:.4f} "
-                  f"acc {train_scores['acc']:.3f} | val loss {val_scores['loss']:.4f} "
-                  f"acc {val_scores['acc']:.3f} f1 {val_scores['f1_macro']:.3f}", flush=True)
-            if stopper.improved(val_scores["loss"], epoch):
-                best = {f"val_{k}": v for k, v in val_scores.items()} | {"epoch": epoch}
-                state["best_state"] = {k: v.detach().cpu().clone()
-                                       for k, v in model.state_dict().items()}
-            state |= {"epoch": epoch, "history": state["history"] + [logged], "best": best,
-                      "seconds": time.perf_counter() - started, "stopper": astuple(stopper)}
-            torch_save(resume_path, state | {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
-        summary = {"epochs": state["epoch"], "best_epoch": best["epoch"],
+            logged, val_scores = run_epoch(setup, valid_batches, order, variant=variant,
+                                           device=device, dtype=dtype, epoch=epoch)
+            log_epoch(live, logged)
+            progress.record(epoch, logged, val_scores, model, time.perf_counter() - started)
+            resume.save(progress, setup, model, generator)
+        summary = {"epochs": progress.epoch, "best_epoch": progress.stopper.best_epoch,
                    "train_seconds": round(time.perf_counter() - started, 1),
                    "trainable_params": trainable, "total_params": total,
-                   "best": {k: v for k, v in best.items() if k != "epoch"}}
+                   "best": progress.best, **run_env}
         live.summary.update(summary)
-    torch_save(MODELS_DIR / name / "model.pt",
-               checkpoint(variant, state["best_state"], train["images"].shape[-1]))
+    save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights,
+                    prepared_size=train["images"].shape[-1])
     write_json(MODELS_DIR / name / "summary.json", summary)
-    resume_path.unlink()
+    resume.finish()
     return summary
 
 
-@stage_main
+@command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="a name under `variants` in params.yaml")
@@ -162,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,8 +12,9 @@ import yaml
 from PIL import Image
 
 from src import download, prepare
-from src.config import parse_config
-from src.utils import StageError, torch_save
+from src.lib.config import parse_config
+from src.lib.errors import UserError
+from src.lib.io import torch_save
 from tests.conftest import ROOT, make_dataset, random_image
 
 NORMAL = "Data/train/normal"
@@ -44,7 +45,7 @@ def test_unreadable_files_are_skipped_and_listed_readable_ones_used(in_tmp, tmp_
     Image.new("1", (9500, 9500)).save(d / "bomb.png")  # over Pillow's decompression-bomb limit
 
     download.fetch(use_local(in_tmp, src))
-    prepare.main()
+    assert prepare.main() == 0
     report = json.loads((in_tmp / "reports/data/report.json").read_text())
     skipped = {s["file"].rsplit("/", 1)[1]: s["reason"] for s in report["skipped"]}
     assert set(skipped) == {"empty.png", "truncated.png", "notes.png", ".DS_Store",
@@ -65,6 +66,12 @@ def not_a_zip(d):
 def empty_zip(d):
     zipfile.ZipFile(d / "empty.zip", "w").close()
     return d / "empty.zip"
+
+
+def escaping_zip(d):
+    with zipfile.ZipFile(d / "evil.zip", "w") as zf:
+        zf.writestr("Data/../../escape.png", b"x")
+    return d / "evil.zip"
 
 
 def no_train_split(d):
@@ -89,6 +96,7 @@ def missing_class(d):
 @pytest.mark.parametrize("make, message", [
     (not_a_zip, "not a zip file"),
     (empty_zip, "the zip is empty"),
+    (escaping_zip, "would be written outside the target folder"),
     (lambda d: d / "nowhere.zip", "does not exist"),
     (no_train_split, "no 'train' split"),
     (unknown_class, "unknown class folder 'benign'"),
@@ -106,13 +114,14 @@ def test_fatal_archives_stop_with_one_line_and_keep_the_data(in_tmp, tmp_path_fa
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert sorted(p.name for p in (in_tmp / "data/raw/Data/train/normal").iterdir()) == before
     assert not list(in_tmp.glob("data/raw.partial*"))
+    assert not list(in_tmp.parent.rglob("escape.png"))
 
 
 def test_zip_bomb_is_refused(in_tmp):
     archive = in_tmp / "bomb.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("Data/train/normal/zeros.png", b"\0" * (3 * 2**20))
-    with pytest.raises(StageError, match="over data.max_extract_mb=2"):
+    with pytest.raises(UserError, match="over data.max_extract_mb=2"):
         download.fetch(use_local(in_tmp, archive, max_extract_mb=2))
 
 
@@ -123,7 +132,7 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
     def full_disk(obj, f, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(StageError, match=f"cannot write {target}: No space left on device"):
+    with pytest.raises(UserError, match=f"cannot write {target}: No space left on device"):
         torch_save(target, {"version": 2})
     monkeypatch.undo()
     assert torch.load(target, weights_only=True) == {"version": 1}
@@ -132,6 +141,6 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
 
 def test_an_unwritable_folder_is_one_line(tmp_path):
     (tmp_path / "reports").write_text("a file where a folder should be")
-    with pytest.raises(StageError, match="cannot write .*reports/data/report.json"):
-        from src.utils import write_json
+    with pytest.raises(UserError, match="cannot write .*reports/data/report.json"):
+        from src.lib.io import write_json
         write_json(tmp_path / "reports/data/report.json", {})

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import ROOT, make_dataset
 
 
@@ -15,7 +14,7 @@ def test_bench_compares_the_loops_per_variant(in_tmp):
     params["variants"]["cnn"]["draws_per_epoch"] = 12  # each variant's own draws, unless --draws
     (in_tmp / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "src.bench", "--epochs", "2", "--compile",
+    done = subprocess.run([sys.executable, "-m", "tools.bench", "--epochs", "2", "--compile",
                            "--variants", "cnn", "resnet50_fc"], capture_output=True, text=True,
                           env=env)
     assert done.returncode == 0, done.stderr

@@ -1,6 +1,6 @@
 import pytest
 
-from src.config import ConfigError, parse_config
+from src.lib.config import ConfigError, parse_config
 from tests.conftest import shipped_params
 
 

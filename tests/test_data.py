@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from src import prepare
-from src.config import CLASSES
-from src.data import decode_rgb, letterbox, normalize_class, scan_raw
-from src.utils import StageError
+from src.lib.config import CLASSES
+from src.lib.data import balance_weights, decode_rgb, letterbox, normalize_class, scan_raw
+from src.lib.errors import UserError
 from tests.conftest import LONG_NAMES, SHORT_NAMES, make_dataset, random_image
 
 
@@ -19,7 +19,7 @@ def test_long_and_short_kaggle_folder_names_map_to_one_label(label):
 
 @pytest.mark.parametrize("folder", ["benign", "adeno", "normalish", "large.cell"])
 def test_unknown_class_folder_is_an_error_naming_it(folder):
-    with pytest.raises(StageError, match=f"unknown class folder '{folder}'"):
+    with pytest.raises(UserError, match=f"unknown class folder '{folder}'"):
         normalize_class(folder)
 
 
@@ -59,7 +59,7 @@ def test_scan_reports_a_missing_class(tmp_path):
     for f in (tmp_path / "Data/valid/normal").iterdir():
         f.unlink()
     (tmp_path / "Data/valid/normal").rmdir()
-    with pytest.raises(StageError, match="valid: class 'normal' is missing"):
+    with pytest.raises(UserError, match="valid: class 'normal' is missing"):
         scan_raw(tmp_path)
 
 
@@ -110,13 +110,13 @@ def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monk
 
 def test_balance_weights():
     labels = torch.tensor([0, 0, 0, 1, 2, 3])
-    sample, per_class = prepare.balance_weights(labels, "oversample")
+    sample, per_class = balance_weights(labels, "oversample")
     drawn = torch.zeros(4)
     for c in range(4):
         drawn[c] = sample[labels == c].sum()
     assert torch.allclose(drawn, drawn[0].expand(4))  # every class equally likely
     assert torch.equal(per_class, torch.ones(4))
-    sample, per_class = prepare.balance_weights(labels, "class_weights")
+    sample, per_class = balance_weights(labels, "class_weights")
     assert torch.equal(sample, torch.ones(6))
     assert per_class[0] < per_class[1] and torch.isclose(per_class[0] * 3, per_class[1])
-    assert all(torch.equal(w, torch.ones_like(w)) for w in prepare.balance_weights(labels, "none"))
+    assert all(torch.equal(w, torch.ones_like(w)) for w in balance_weights(labels, "none"))

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from src.engine import Batches, grad_scaler, train_one_epoch
+from src.lib.device import grad_scaler
+from src.lib.engine import Batches, TrainingSetup, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -20,10 +21,13 @@ def one_epoch(scaler) -> float:
     head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     before = head[1].weight.detach().clone()
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    batches = Batches(images, torch.arange(16) % 4, "resnet50", CPU, torch.float16)
-    optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
-    scores = train_one_epoch(head, batches, torch.arange(16), 8, optimizer, scaler, tiny_loss,
-                             CPU, torch.float16, "test")
+    batches = Batches(images, torch.arange(16) % 4, arch="resnet50", device=CPU,
+                      dtype=torch.float16)
+    setup = TrainingSetup(head=head, prefix=None, batches=batches,
+                          optimizer=torch.optim.SGD(head.parameters(), lr=1.0),
+                          criterion=tiny_loss, scaler=scaler)
+    scores = train_one_epoch(setup, torch.arange(16), 8, device=CPU, dtype=torch.float16,
+                             desc="test")
     assert math.isfinite(scores["loss"])
     return (head[1].weight.detach() - before).abs().max().item()
 
@@ -40,7 +44,7 @@ def test_bfloat16_and_float32_need_no_loss_scaling(dtype):
 
 
 def test_early_stopping_counts_only_drops_of_at_least_min_delta():
-    from src.engine import EarlyStopping
+    from src.lib.engine import EarlyStopping
     stopper = EarlyStopping(patience=2, min_delta=0.001)
     assert stopper.improved(1.0, epoch=1)
     assert not stopper.improved(0.9995, epoch=2)  # lower, but by less than min_delta

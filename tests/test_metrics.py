@@ -6,9 +6,11 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from src.explain import grad_cam
-from src.metrics import (_scores_from_confusion, bootstrap_ci, confusion,
-                         expected_calibration_error, fit_temperature, headline, mcnemar, report)
+from src.lib.explain import grad_cam
+from src.lib.metrics import (
+    _scores_from_confusion, bootstrap_ci, confusion, expected_calibration_error, fit_temperature,
+    format_p, headline, mcnemar, report, split_metrics
+)
 
 
 def test_headline_matches_a_hand_computed_report():
@@ -34,8 +36,8 @@ def test_scores_from_confusion_agree_with_sklearn():
 
 def test_bootstrap_intervals():
     targets = np.repeat(np.arange(4), 25)
-    assert bootstrap_ci(targets, targets) == {"accuracy": [1.0, 1.0], "f1_macro": [1.0, 1.0],
-                                              "f1_weighted": [1.0, 1.0]}
+    assert bootstrap_ci(targets, targets) == {"accuracy": (1.0, 1.0), "f1_macro": (1.0, 1.0),
+                                              "f1_weighted": (1.0, 1.0)}
     predictions = targets.copy()
     predictions[::4] = (predictions[::4] + 1) % 4  # 75% right
     ci = bootstrap_ci(targets, predictions, seed=3)
@@ -59,6 +61,22 @@ def test_mcnemar_exact_p_values(only_a, only_b, p):
     result = mcnemar(targets, a, b)
     assert (result["only_a"], result["only_b"]) == (only_a, only_b)
     assert result["p_value"] == pytest.approx(p, abs=1e-6)
+
+
+def test_mcnemar_p_values_far_below_one_in_a_million_are_not_rounded_to_zero():
+    targets = np.zeros(126, dtype=int)
+    right, wrong = np.zeros(126), np.ones(126)
+    right[:9], wrong[:9] = 1, 0  # A alone right on 117 images, B alone on 9: the CNN vs the floor
+    p = mcnemar(targets, wrong, right)["p_value"]
+    assert 0 < p < 1e-20
+    assert format_p(p) == f"{p:.1e}" and format_p(0.01234) == "0.0123"
+
+
+def test_split_metrics_give_intervals_as_scalars_that_dvc_displays():
+    targets = np.repeat(np.arange(4), 10)
+    m = split_metrics(targets, np.eye(4)[targets], seed=0)
+    assert m["f1_weighted_ci95_low"] == m["f1_weighted_ci95_high"] == 1.0
+    assert not any(isinstance(v, (list, tuple)) for v in m.values())
 
 
 def test_expected_calibration_error():

@@ -2,9 +2,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from src.config import parse_config
-from src.models import build_model, count_parameters, set_train_mode, split_frozen
+from src.lib.config import parse_config
+from src.lib.errors import UserError
+from src.lib.models import (
+    build_model, count_parameters, forward_train, set_train_mode, split_frozen
+)
 from tests.conftest import shipped_params
 
 
@@ -53,12 +57,19 @@ def test_frozen_batchnorm_stays_in_eval_mode_while_training():
     assert torch.equal(model.layer3[0].bn1.running_mean, before)
 
 
-def test_inception_trains_with_the_auxiliary_loss():
+def test_inception_adds_its_auxiliary_loss_at_weight_0_4():
     v = variant("inception_v3")
     _, head = split_frozen(build_model(v), v)
     set_train_mode(head)
-    out = head(torch.randn(2, 768, 17, 17))
-    assert isinstance(out, tuple) and out[0].shape == out[1].shape == (2, 4)
+    features, targets = torch.randn(2, 768, 17, 17), torch.tensor([0, 3])
+    torch.manual_seed(0)
+    logits, aux = head(features)
+    assert logits.shape == aux.shape == (2, 4)
+    torch.manual_seed(0)  # the same dropout masks
+    loss, _ = forward_train(head, (features,), targets, nn.functional.cross_entropy)
+    expected = nn.functional.cross_entropy(logits, targets) + \
+        0.4 * nn.functional.cross_entropy(aux, targets)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_missing_imagenet_weights_name_the_file_and_the_way_out(monkeypatch):
@@ -67,7 +78,7 @@ def test_missing_imagenet_weights_name_the_file_and_the_way_out(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
     monkeypatch.setattr(ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(UserError) as err:
         build_model(variant("resnet50", weights="imagenet"))
     message = str(err.value)
     assert "resnet50-11ad3fa6.pth" in message and "checkpoints" in message
@@ -85,7 +96,6 @@ def test_weights_from_a_local_state_dict_file(tmp_path):
 def test_cnn_is_the_studys_layer_for_layer():
     # The study's code: five conv-BN-ReLU-maxpool blocks, Dropout2d(0.15) after blocks 3 to 5,
     # dense 512 -> Dropout(0.4) -> 256 -> Dropout(0.25) -> 4 classes.
-    from torch import nn
     block = ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
     expected = block * 2 + (block + ["Dropout2d"]) * 3 + [
         "Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]

@@ -1,9 +1,13 @@
-"""End to end: the real `dvc repro` on the shipped sample, in a temporary Git repository."""
+"""End to end: the real `dvc repro` on the shipped sample, in a temporary Git repository. The
+module's fixture runs the pipeline once; each test then checks one behaviour and leaves the
+workspace as it found it."""
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -12,13 +16,19 @@ import yaml
 from tests.conftest import ROOT
 
 VARIANTS = ["cnn", "resnet50_fc", "resnet50", "inception_v3_fc", "inception_v3"]
+STAGES = {"download", "prepare", "floor", "compare", "release"} | \
+    {f"{s}@{v}" for s in ("train", "evaluate") for v in VARIANTS}
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test",
        "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
        "GIT_COMMITTER_EMAIL": "test@example.com"}
 
 
+def run(repo, *cmd) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=ENV)
+
+
 def sh(repo, *cmd) -> str:
-    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=ENV)
+    result = run(repo, *cmd)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -27,11 +37,9 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def trained_models(repo) -> dict:
-    """{variant: the hash of models/<variant> in dvc.lock}."""
+def lock_hash(repo, stage: str, path: str) -> str:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {v: next(o["md5"] for o in lock[f"train@{v}"]["outs"] if o["path"] == f"models/{v}")
-            for v in VARIANTS}
+    return next(o["md5"] for o in lock[stage]["outs"] if o["path"] == path)
 
 
 def set_params(repo, edit) -> None:
@@ -40,15 +48,27 @@ def set_params(repo, edit) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@contextlib.contextmanager
+def restored(repo):
+    """Whatever a test changes, the committed baseline is back afterwards."""
+    try:
+        yield
+    finally:
+        sh(repo, "git", "checkout", "--", ".")
+        sh(repo, "dvc", "checkout", "-q", "--force")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
+    """The project with the shipped params made small enough for a test, after one full
+    `dvc repro`, committed."""
     repo = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "data/sample", repo / "data/sample")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
 
-    def tiny(p):  # the shipped params, made small enough for a test
+    def tiny(p):
         p["data"]["source"] = "sample"
         p["train"].update(weights="none", max_epochs=2, patience=2, augment_views=2, batch_size=8,
                           draws_per_epoch=0)
@@ -60,100 +80,129 @@ def repo(tmp_path_factory):
     sh(repo, "dvc", "init", "-q")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
+    (repo.parent / "first-repro.log").write_text(sh(repo, "dvc", "repro"))
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
     return repo
 
 
-def test_dvc_repro_end_to_end(repo):
-    # A full run: every stage once, and nothing left modified in dvc.yaml or params.yaml.
-    out = sh(repo, "dvc", "repro")
-    expected = {"download", "prepare", "floor", "compare", "release"} | \
-        {f"{s}@{v}" for s in ("train", "evaluate") for v in VARIANTS}
-    assert stages_run(out) == expected
-    assert sh(repo, "git", "status", "--porcelain", "dvc.yaml", "params.yaml") == ""
-    assert len(sh(repo, "dvc", "stage", "list").strip().splitlines()) == len(expected)
+def test_dvc_repro_runs_every_stage_once_and_leaves_params_and_dvc_yaml_alone(repo):
+    assert stages_run((repo.parent / "first-repro.log").read_text()) == STAGES
+    assert len(sh(repo, "dvc", "stage", "list").strip().splitlines()) == len(STAGES)
+    assert sh(repo, "git", "status", "--porcelain") == ""  # dvc.yaml, params.yaml untouched
 
-    metrics = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
-    files = metrics[""]["data"]  # "" is the workspace
+
+def test_a_second_repro_does_nothing(repo):
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+    assert stages_run(sh(repo, "dvc", "repro")) == set()
+
+
+def test_metrics_show_scores_intervals_and_what_each_run_ran_on(repo):
+    files = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))[""]["data"]
     for v in VARIANTS:
         m = files[f"metrics/{v}.json"]["data"]
-        assert 0 <= m["test"]["f1_weighted"] <= 1 and m["test"]["support"] == 16
-        assert m["test_leak_free"]["support"] == 15  # the shipped duplicate of a train image
+        test = m["test"]
+        assert test["support"] == 16 and m["test_leak_free"]["support"] == 15  # one duplicate
+        assert test["f1_weighted_ci95_low"] <= test["f1_weighted"] <= test["f1_weighted_ci95_high"]
         assert m["train"]["epochs"] <= 2 and m["train"]["trainable_params"] > 0
+        assert m["train"]["device"] == m["evaluate"]["device"] == "cpu"
+        assert m["train"]["torch"].split("+")[0] in sh(repo, sys.executable, "-c",
+                                                        "import torch; print(torch.__version__)")
     assert files["release/metrics.json"]["data"]["model"] == "resnet50"
+
+
+def test_reports_plots_and_the_model_card_are_written(repo):
     table = (repo / "reports/comparison.md").read_text()
     assert all(f"| {v} |" in table for v in VARIANTS + ["floor"])
     for image in ("confusion", "reliability", "gradcam"):
         assert (repo / f"reports/cnn/images/{image}.png").stat().st_size > 0
     assert "Not for diagnosis" in (repo / "release/MODEL_CARD.md").read_text()
-    assert (repo / "reports/data/report.json").exists()
-    assert (repo / "release/model.pt").exists()
+    assert (repo / "reports/data/images/samples.png").exists()
 
-    # A second run does nothing.
-    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
-    assert stages_run(sh(repo, "dvc", "repro")) == set()
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "baseline")
+
+def test_predict_gives_the_probabilities_evaluate_scored(repo):
+    for variant in ("cnn", "resnet50"):
+        scored = json.loads((repo / f"reports/{variant}/predictions.json").read_text())
+        files = [str(repo / "data/raw/Data" / row["file"]) for row in scored]
+        printed = json.loads(sh(repo, sys.executable, "-m", "src.predict", "--model",
+                                f"models/{variant}/model.pt", "--json", *files))
+        for row, out in zip(scored, printed):
+            assert out["probabilities"] == pytest.approx(row["probabilities"], abs=1e-3)
+
+
+def test_an_unknown_model_name_stops_with_the_valid_ones(repo):
+    with restored(repo):
+        set_params(repo, lambda p: p.update(model="vgg16"))
+        failed = run(repo, "dvc", "repro")
+        assert failed.returncode != 0
+        assert "error: model: 'vgg16' is not allowed; use one of cnn, resnet50_fc, resnet50, " \
+            "inception_v3_fc, inception_v3" in failed.stderr
+
+
+def test_one_variants_setting_reruns_that_variant_and_the_comparison_only(repo):
+    with restored(repo):
+        out = sh(repo, "dvc", "exp", "run", "-S", "variants.cnn.lr=0.01")
+        assert stages_run(out) == {"train@cnn", "evaluate@cnn", "compare"}
+
+
+def test_switching_the_released_model_retrains_nothing(repo):
+    # The table's McNemar column pairs models with the released one, so it is redrawn.
+    with restored(repo):
+        out = sh(repo, "dvc", "exp", "run", "-S", "model=cnn")
+        assert stages_run(out) == {"compare", "release"}
+        assert json.loads((repo / "release/metrics.json").read_text())["model"] == "cnn"
+
+
+def test_queued_evaluations_are_restored_from_the_run_cache(repo):
+    # The parallel recipe: one queued experiment per variant, two at a time; a plain `dvc repro`
+    # in the workspace then takes training and evaluation from the run-cache.
+    with restored(repo):
+        before = {v: lock_hash(repo, f"train@{v}", f"models/{v}") for v in VARIANTS}
+        for v in VARIANTS:
+            sh(repo, "dvc", "exp", "run", "--queue", "-n", f"eval-{v}", "-S",
+               "train.max_epochs=1", f"evaluate@{v}")
+        sh(repo, "dvc", "queue", "start", "-j", "2")
+        deadline = time.time() + 900
+        while re.search(r"\b(Queued|Running)\b", sh(repo, "dvc", "queue", "status")):
+            assert time.time() < deadline, "the queued experiments did not finish in 15 minutes"
+            time.sleep(2)
+        status = sh(repo, "dvc", "queue", "status")
+        assert status.count("Success") == 5, status
+        sh(repo, "dvc", "queue", "stop")
+        set_params(repo, lambda p: p["train"].update(max_epochs=1))
+        out = sh(repo, "dvc", "repro")
+        assert all(f"Stage '{s}@{v}' is cached - skipping run" in out
+                   for s in ("train", "evaluate") for v in VARIANTS), out
+        assert stages_run(out) == {"compare", "release"}
+        assert all(lock_hash(repo, f"train@{v}", f"models/{v}") != before[v] for v in VARIANTS)
+        assert json.loads((repo / "metrics/cnn.json").read_text())["train"]["epochs"] == 1
+
+
+def test_metrics_live_in_git_so_commits_compare_without_the_cache(repo):
     baseline = sh(repo, "git", "rev-parse", "HEAD").strip()
+    with restored(repo):
+        set_params(repo, lambda p: p["variants"]["cnn"].update(max_epochs=1))
+        assert stages_run(sh(repo, "dvc", "repro")) == {"train@cnn", "evaluate@cnn", "compare"}
+        sh(repo, "git", "add", "-A")
+        sh(repo, "git", "commit", "-qm", "cnn: one epoch")
+        diff = json.loads(sh(repo, "dvc", "metrics", "diff", baseline, "HEAD", "--json"))
+        assert diff["metrics/cnn.json"]["train.epochs"] == {"old": 2, "new": 1, "diff": -1}
+        assert "metrics/resnet50.json" not in diff
+        sh(repo, "git", "reset", "-q", "--hard", baseline)
 
-    # An unknown name in `model` stops the run with the five valid ones.
-    set_params(repo, lambda p: p.update(model="vgg16"))
-    failed = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=ENV)
-    assert failed.returncode != 0
-    assert "error: model: 'vgg16' is not allowed; use one of cnn, resnet50_fc, resnet50, " \
-        "inception_v3_fc, inception_v3" in failed.stderr
-    sh(repo, "git", "checkout", "--", ".")
 
-    # One variant's setting reruns that variant, the comparison, and nothing else.
-    out = sh(repo, "dvc", "exp", "run", "-S", "variants.cnn.lr=0.01")
-    assert stages_run(out) == {"train@cnn", "evaluate@cnn", "compare"}
-    sh(repo, "git", "checkout", "--", ".")
-    sh(repo, "dvc", "checkout", "-q")
-
-    # Switching the released model retrains nothing (the table's McNemar column pairs models
-    # with the released one, so it is redrawn).
-    out = sh(repo, "dvc", "exp", "run", "-S", "model=cnn")
-    assert stages_run(out) == {"compare", "release"}
-    assert json.loads((repo / "release/metrics.json").read_text())["model"] == "cnn"
-    sh(repo, "git", "checkout", "--", ".")
-    sh(repo, "dvc", "checkout", "-q")
-
-    # The five variants trained as queued experiments, two at a time; then `dvc repro` in the
-    # workspace takes the five trained models from the run-cache and only evaluates.
-    before = trained_models(repo)
-    for v in VARIANTS:
-        sh(repo, "dvc", "exp", "run", "--queue", "-n", f"train-{v}", "-S", "train.seed=7",
-           f"train@{v}")
-    sh(repo, "dvc", "queue", "start", "-j", "2")
-    deadline = time.time() + 600
-    while time.time() < deadline and re.search(r"\b(Queued|Running)\b",
-                                                 sh(repo, "dvc", "queue", "status")):
-        time.sleep(2)
-    status = sh(repo, "dvc", "queue", "status")
-    assert status.count("Success") == 5, status
-    sh(repo, "dvc", "queue", "stop")
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.seed=7")
-    assert all(f"Stage 'train@{v}' is cached - skipping run" in out for v in VARIANTS), out
-    assert stages_run(out) == {"floor", "compare", "release"} | {f"evaluate@{v}" for v in VARIANTS}
-    after = trained_models(repo)
-    assert all(after[v] != before[v] for v in VARIANTS)  # seed 7's weights, not seed 42's
-    sh(repo, "git", "checkout", "--", ".")
-    sh(repo, "dvc", "checkout", "-q")
-
-    # Metrics live in Git, so two commits compare without the DVC cache.
-    set_params(repo, lambda p: p["variants"]["cnn"].update(max_epochs=1))
-    assert stages_run(sh(repo, "dvc", "repro")) == {"train@cnn", "evaluate@cnn", "compare"}
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "cnn: one epoch")
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", baseline, "HEAD", "--json"))
-    assert diff["metrics/cnn.json"]["train.epochs"] == {"old": 2, "new": 1, "diff": -1}
-    assert "metrics/resnet50.json" not in diff
-
-    # A DVC remote (a local folder here) shares data, models and results with another machine.
-    sh(repo, "dvc", "remote", "add", "-d", "store", str(repo.parent / "remote"))
+def test_a_remote_shares_the_pipeline_and_the_released_model(repo):
+    remote, clone = repo.parent / "remote", repo.parent / "clone"
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(remote))
     sh(repo, "git", "commit", "-qam", "remote")
     sh(repo, "dvc", "push", "-q")
-    clone = repo.parent / "clone"
     sh(repo.parent, "git", "clone", "-q", str(repo), str(clone))
     sh(clone, "dvc", "pull", "-q")
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
-    assert (clone / "release/model.pt").read_bytes() == (repo / "release/model.pt").read_bytes()
+    # DVC's model registry: the artifact from dvc.yaml, registered as a version with a Git tag
+    # (GTO's format), fetched from the remote without a workspace
+    sh(repo, "git", "tag", "-a", "chest-ct-classifier@v1.0.0", "-m", "first release")
+    fetched = repo.parent / "fetched.pt"
+    sh(repo.parent, "dvc", "artifacts", "get", str(repo), "chest-ct-classifier", "-o",
+       str(fetched))
+    assert fetched.read_bytes() == (repo / "release/model.pt").read_bytes()

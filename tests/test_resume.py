@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from src import download, prepare
-from src.config import load_config
+from src.lib.config import load_config
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -41,7 +41,7 @@ def prepared(tmp_path_factory):
     os.chdir(root)
     try:
         download.fetch(load_config())
-        prepare.main()
+        assert prepare.main() == 0
     finally:
         os.chdir(cwd)
     return root
@@ -67,23 +67,36 @@ def outcome(work) -> dict:
             "history": history, "weights": {k: v.sum().item() for k, v in weights.items()}}
 
 
-def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
-    reference = copy_of(prepared, tmp_path, "uninterrupted")
-    stage(reference, "src.train", "cnn")
-    expected = outcome(reference)
-    assert expected["epochs"] == 3
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory):
+    """What three epochs of the CNN end with, trained in one go."""
+    work = copy_of(prepared, tmp_path_factory.mktemp("uninterrupted"), "work")
+    stage(work, "src.train", "cnn")
+    return outcome(work)
 
-    again = copy_of(prepared, tmp_path, "again")
-    stage(again, "src.train", "cnn")
-    assert outcome(again) == expected  # deterministic on the CPU
 
-    work = copy_of(prepared, tmp_path, "killed")
+def start_training(work, **pipes) -> tuple[subprocess.Popen, object]:
+    """The CNN's training in the background, once its first epoch is saved."""
     proc = subprocess.Popen([sys.executable, "-m", "src.train", "cnn"], cwd=work, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            text=True, **pipes)
     state = work / ".resume/cnn.pt"
     deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
+    while not state.exists() and proc.poll() is None:
+        assert time.time() < deadline, "no epoch was saved in 5 minutes"
         time.sleep(0.02)
+    return proc, state
+
+
+def test_the_same_seed_gives_the_same_result_on_the_cpu(prepared, uninterrupted, tmp_path):
+    assert uninterrupted["epochs"] == 3
+    again = copy_of(prepared, tmp_path, "again")
+    stage(again, "src.train", "cnn")
+    assert outcome(again) == uninterrupted
+
+
+def test_killed_training_resumes_to_the_same_result(prepared, uninterrupted, tmp_path):
+    work = copy_of(prepared, tmp_path, "killed")
+    proc, state = start_training(work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
@@ -93,22 +106,25 @@ def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
 
     result = stage(work, "src.train", "cnn")
     assert f"resuming after epoch {saved_epoch}" in result.stdout
-    assert outcome(work) == expected
+    assert outcome(work) == uninterrupted
     assert not state.exists()
 
 
-def test_sigterm_stops_with_one_line_and_other_params_start_afresh(prepared, tmp_path):
+def test_sigterm_stops_with_one_line_and_exit_status_130(prepared, tmp_path):
     work = copy_of(prepared, tmp_path, "terminated")
-    proc = subprocess.Popen([sys.executable, "-m", "src.train", "cnn"], cwd=work, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = work / ".resume/cnn.pt"
-    while not state.exists() and proc.poll() is None:
-        time.sleep(0.02)
+    proc, state = start_training(work, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
     assert proc.returncode == 130
-    assert err.strip().splitlines()[-1] == "interrupted; rerun the stage to continue"
+    assert err.strip().splitlines()[-1] == "interrupted; rerun the command to continue"
+    assert state.exists()
 
+
+def test_an_interrupted_run_with_other_params_starts_afresh(prepared, tmp_path):
+    work = copy_of(prepared, tmp_path, "changed")
+    proc, _ = start_training(work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["variants"]["cnn"]["lr"] = 0.0005
     (work / "params.yaml").write_text(yaml.safe_dump(params))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from src.seeds import CURVES, curve_targets, main, parse_curves, runs, seed_groups
+from tools.seeds import CURVES, curve_targets, main, parse_curves, runs, seed_groups
 
 
 def experiment(name, seed, lr, f1, variant="cnn"):
@@ -90,7 +90,7 @@ def test_curves_compare_recipes_over_the_epochs_both_runs_of_a_seed_trained(
               "base": {"val macro F1": [0.9], "train loss": [0.1]}}
     assert parse_curves(plots_diff(curves), "cnn") == curves
     calls = []
-    monkeypatch.setattr("src.seeds.dvc_json", lambda args: calls.append(args) or plots_diff(curves))
+    monkeypatch.setattr("tools.seeds.dvc_json", lambda args: calls.append(args) or plots_diff(curves))
     path = tmp_path / "shown.json"
     path.write_text(json.dumps(shown()))
     assert main([str(path), "--curves", "cnn"]) == 0
@@ -99,7 +99,7 @@ def test_curves_compare_recipes_over_the_epochs_both_runs_of_a_seed_trained(
     assert "| seed | epochs | val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 |" in table
     assert "| 1 | 2 | 0.200 | 0.500 | 0.900 | 0.800 |" in table  # a and c: their first 2 epochs
     assert "| 2 | 4 | 0.200 | 0.525 | 1.000 | 0.500 |" in table
-    assert "| mean ± std | | 0.200 ± 0.000 | 0.512 ± 0.018 |" in table
+    assert "| mean ± std |  | 0.200 ± 0.000 | 0.512 ± 0.018 |" in table
     assert "| 42 |" not in table  # base has no seed-42 counterpart
 
 
@@ -127,7 +127,7 @@ def test_curves_use_the_seeds_that_evaluated_the_variant(tmp_path, monkeypatch, 
     data = shown()
     data[1]["experiments"].insert(0, {"revs": [experiment("h", 1, 0.001, 0.3, "resnet50")]})
     curves = {name: {"val macro F1": [0.5], "train loss": [1.0]} for name in "fgh"}
-    monkeypatch.setattr("src.seeds.dvc_json", lambda args: plots_diff(curves, "resnet50"))
+    monkeypatch.setattr("tools.seeds.dvc_json", lambda args: plots_diff(curves, "resnet50"))
     path = tmp_path / "shown.json"
     path.write_text(json.dumps(data))
     assert main([str(path), "--curves", "resnet50"]) == 0

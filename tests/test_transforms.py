@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.transforms import augment, body_mask, frame
+from src.lib.transforms import augment, body_mask, frame
 
 
 def slice_with_table_and_label(size=96) -> torch.Tensor:

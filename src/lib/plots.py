@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src.config import CLASSES, SPLITS  # noqa: E402
-from src.utils import atomic_write  # noqa: E402
+from src.lib.config import CLASSES, SPLITS  # noqa: E402
+from src.lib.io import atomic_write  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -121,7 +121,7 @@ def cam_overlay(image: torch.Tensor, heatmap: torch.Tensor, title: str, path: Pa
     _save(fig, path)
 
 
-def reliability_diagram(before: dict, after: dict, temperature: float, title: str,
+def reliability_diagram(before: dict, after: dict, *, temperature: float, title: str,
                         path: Path) -> None:
     """Accuracy against confidence per bin, before and after temperature scaling."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-PARAMS_FILE = Path("params.yaml")
+from src.lib.errors import UserError
+from src.lib.paths import PARAMS_FILE
+
 CLASSES = ("adenocarcinoma", "large_cell_carcinoma", "normal", "squamous_cell_carcinoma")
 SPLITS = ("train", "valid", "test")
 ARCHS = ("cnn", "resnet50", "inception_v3")
@@ -21,7 +23,7 @@ TRAINABLE = {"cnn": ("all",), "resnet50": ("classifier", "last_block"),
 MIN_IMAGE_SIZE = {"cnn": 32, "resnet50": 32, "inception_v3": 299}  # inception's aux branch needs 299
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad value in params.yaml; the message names the key and what is allowed."""
 
 

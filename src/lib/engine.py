@@ -1,7 +1,7 @@
-"""The training loop: epochs over cached features or augmented images, validation, metrics."""
+"""The training loop: the training step, epochs over cached features or augmented images,
+validation, early stopping."""
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -11,24 +11,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from tqdm import tqdm
 
-from src.models import forward_train, set_train_mode
-from src.transforms import model_input
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """Loss scaling for float16 autocast (the choice on GPUs without bfloat16), whose small
-    gradients would otherwise flush to zero; for bfloat16 and float32 a scaler that does nothing."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+from src.lib.device import autocast, channels_last, grad_scaler
+from src.lib.models import forward_train, set_train_mode, split_frozen
+from src.lib.transforms import model_input, preset
 
 
 def scores(targets, predictions, loss: float) -> dict:
@@ -46,8 +31,8 @@ class Batches:
     (transforms.AUGMENT); None leaves the images as they are. Both live on the training device,
     so a GPU never waits for a host-to-device copy (a few GB at most for these variants)."""
 
-    def __init__(self, images, labels, arch, device, dtype, prefix=None, views=1, augment=None,
-                 generator=None, batch_size=64, desc=""):
+    def __init__(self, images, labels, *, arch, device, dtype, prefix=None, views=1,
+                 augment=None, generator=None, batch_size=64, desc=""):
         self.labels, self.arch, self.device, self.generator = labels, arch, device, generator
         self.augment = augment
         if prefix is None:
@@ -78,8 +63,45 @@ class Batches:
         return tuple(channels_last(f[view.to(self.device), idx].float()) for f in self.features)
 
 
-def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batch_size: int,
-                    optimizer, scaler, criterion, device, dtype, desc: str) -> dict:
+@dataclass
+class TrainingSetup:
+    """What one training step needs; `train` and tools/bench.py get it from training_setup."""
+    head: nn.Module            # the trained part; `prefix` (frozen, or None) feeds it
+    prefix: nn.Module | None
+    batches: Batches           # the training split's
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    scaler: torch.amp.GradScaler
+
+
+def framed(images: torch.Tensor, variant) -> torch.Tensor:
+    """Prepared letterboxes -> the variant's framing, intensity and image size."""
+    t = variant.train
+    return preset(images, framing=t.framing, intensity=t.intensity, size=variant.image_size)
+
+
+def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
+                   generator) -> TrainingSetup:
+    """The variant's training step: frozen prefix and trained head, cached training batches,
+    Adam with the variant's weight decay (the study's optimizer), class-weighted cross-entropy
+    (`prepare.balance`), loss scaling for float16. `train`: the training split's `images`,
+    `labels` and `class_weights`, as `prepare` stores them."""
+    t = variant.train
+    prefix, head = split_frozen(model, variant)
+    batches = Batches(framed(train["images"], variant), train["labels"], arch=variant.arch,
+                      device=device,
+                      dtype=dtype, prefix=prefix, views=t.augment_views, augment=t.augment,
+                      generator=generator, batch_size=t.batch_size, desc="train")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                 weight_decay=t.weight_decay)
+    return TrainingSetup(head=head, prefix=prefix, batches=batches, optimizer=optimizer,
+                         criterion=nn.CrossEntropyLoss(weight=train["class_weights"].to(device)),
+                         scaler=grad_scaler(device, dtype))
+
+
+def train_one_epoch(setup: TrainingSetup, order: torch.Tensor, batch_size: int, *, device,
+                    dtype, desc: str) -> dict:
+    head, batches, optimizer, scaler = setup.head, setup.batches, setup.optimizer, setup.scaler
     set_train_mode(head)
     total_loss, targets, predictions = 0.0, [], []
     progress = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False)
@@ -87,7 +109,7 @@ def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batc
         idx = order[start:start + batch_size]
         y = batches.labels[idx].to(device)
         with autocast(device, dtype):
-            loss, logits = forward_train(head, batches.get(idx), y, criterion)
+            loss, logits = forward_train(head, batches.get(idx), y, setup.criterion)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -100,8 +122,8 @@ def train_one_epoch(head: nn.Module, batches: Batches, order: torch.Tensor, batc
 
 
 @torch.no_grad()
-def predict(head: nn.Module, batches: Batches, batch_size: int, device, dtype) -> torch.Tensor:
-    """Class probabilities, float32, in eval mode."""
+def validate(head: nn.Module, batches: Batches, *, batch_size: int, device, dtype) -> dict:
+    """Unweighted cross-entropy and scores of the head in eval mode on the validation split."""
     head.eval()
     probabilities = []
     for start in range(0, len(batches.labels), batch_size):
@@ -109,12 +131,7 @@ def predict(head: nn.Module, batches: Batches, batch_size: int, device, dtype) -
         with autocast(device, dtype):
             logits = head(*batches.get(idx))
         probabilities.append(torch.softmax(logits.float(), 1).cpu())
-    return torch.cat(probabilities)
-
-
-def validate(head, batches, batch_size, device, dtype) -> dict:
-    """Unweighted cross-entropy and scores on the validation split."""
-    probabilities = predict(head, batches, batch_size, device, dtype)
+    probabilities = torch.cat(probabilities)
     loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), batches.labels).item()
     return scores(batches.labels.numpy(), probabilities.argmax(1).numpy(), loss)
 

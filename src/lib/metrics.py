@@ -1,19 +1,15 @@
 """Classification metrics as the study reports them, on the full test split and its leak-free part."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from src.config import CLASSES
-from src.utils import StageError, write_json
-
-METRICS_DIR = Path("metrics")  # small JSON files kept in Git, so branches compare
-REPORTS_DIR = Path("reports")
+from src.lib.config import CLASSES
+from src.lib.io import read_json, write_json
+from src.lib.paths import METRICS_DIR, REPORTS_DIR
 
 
 def report(targets, predictions) -> dict:
@@ -56,7 +52,7 @@ def _scores_from_confusion(cm: np.ndarray) -> np.ndarray:
     return np.stack([accuracy, macro, weighted], -1)
 
 
-def bootstrap_ci(targets, predictions, resamples: int = 1000, seed: int = 0,
+def bootstrap_ci(targets, predictions, *, resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
     """Percentile bootstrap intervals for accuracy, macro F1 and weighted F1: the test images
     are resampled with replacement `resamples` times (seeded, so reproducible)."""
@@ -67,7 +63,7 @@ def bootstrap_ci(targets, predictions, resamples: int = 1000, seed: int = 0,
     cms = np.stack([np.bincount(row, minlength=k * k) for row in codes]).reshape(-1, k, k)
     scores = _scores_from_confusion(cms)
     low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)], axis=0)
-    return {name: [round(float(lo), 4), round(float(hi), 4)]
+    return {name: (round(float(lo), 4), round(float(hi), 4))
             for name, lo, hi in zip(("accuracy", "f1_macro", "f1_weighted"), low, high)}
 
 
@@ -80,8 +76,8 @@ def mcnemar(targets, predictions_a, predictions_b) -> dict:
     n = b + c
     if n == 0:
         return {"only_a": 0, "only_b": 0, "p_value": 1.0}
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
-    return {"only_a": b, "only_b": c, "p_value": round(min(1.0, 2 * tail), 6)}
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n  # exact integers
+    return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets, bins: int = 15) -> dict:
@@ -124,14 +120,16 @@ def split_metrics(targets, probabilities, seed: int, scaled=None) -> dict:
     intervals, and the calibration error (also after temperature scaling, when given)."""
     predictions = np.asarray(probabilities).argmax(1)
     out = headline(report(targets, predictions))
-    out["ci95"] = bootstrap_ci(targets, predictions, seed=seed)
+    for score, (low, high) in bootstrap_ci(targets, predictions, seed=seed).items():
+        # scalars, not a list: `dvc metrics show` and `dvc exp show` display only scalars
+        out[f"{score}_ci95_low"], out[f"{score}_ci95_high"] = low, high
     out["ece"] = expected_calibration_error(probabilities, targets)["ece"]
     if scaled is not None:
         out["ece_scaled"] = expected_calibration_error(scaled, targets)["ece"]
     return out
 
 
-def test_metrics(targets, probabilities, leak_free, seed: int, scaled=None) -> dict:
+def test_metrics(targets, probabilities, leak_free, *, seed: int, scaled=None) -> dict:
     """split_metrics on the official test split and on its leak-free part."""
     targets, probabilities = np.asarray(targets), np.asarray(probabilities)
     part = (lambda a: None if a is None else np.asarray(a)[leak_free])
@@ -140,18 +138,35 @@ def test_metrics(targets, probabilities, leak_free, seed: int, scaled=None) -> d
                                             part(scaled))}
 
 
-def write_predictions(path: Path, test: dict, probabilities: np.ndarray) -> None:
-    """Per test image: true and predicted labels and the probability; `compare` pairs them
-    across variants and `dvc plots` draws the confusion matrix from them."""
-    write_json(path, [{"file": f, "actual": CLASSES[y], "predicted": CLASSES[int(p.argmax())],
-                       "leak_free": bool(lf), "probability": round(float(p.max()), 4)}
-                      for f, y, lf, p in zip(test["files"], test["labels"].tolist(),
-                                             test["leak_free"].tolist(), probabilities)])
+def with_interval(m: dict, score: str) -> str:
+    """'0.924 (95% CI 0.890-0.950)' from a split's metrics."""
+    return f"{m[score]:.3f} (95% CI {m[score + '_ci95_low']:.3f}-{m[score + '_ci95_high']:.3f})"
+
+
+def format_p(p: float) -> str:
+    """A p-value as it is: scientific notation below 1e-4, never rounded to 0."""
+    return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
+
+
+def write_predictions(name: str, test: dict, probabilities: np.ndarray) -> None:
+    """reports/<name>/predictions.json: per test image, the true and predicted labels and every
+    class's probability; `compare` pairs them across variants and `dvc plots` draws the
+    confusion matrix from them."""
+    write_json(REPORTS_DIR / name / "predictions.json", [
+        {"file": f, "actual": CLASSES[y], "predicted": CLASSES[int(p.argmax())],
+         "leak_free": bool(lf), "probabilities": dict(zip(CLASSES, np.round(p, 6).tolist()))}
+        for f, y, lf, p in zip(test["files"], test["labels"].tolist(),
+                               test["leak_free"].tolist(), probabilities)])
+
+
+def read_predictions(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True and predicted classes of the test images, in test order, and the leak-free mask."""
+    rows = read_json(REPORTS_DIR / name / "predictions.json")
+    return (np.array([CLASSES.index(r["actual"]) for r in rows]),
+            np.array([CLASSES.index(r["predicted"]) for r in rows]),
+            np.array([r["leak_free"] for r in rows], dtype=bool))
 
 
 def read_metrics(name: str) -> dict:
     """metrics/<name>.json, written by `evaluate@<name>` (or `floor`)."""
-    path = METRICS_DIR / f"{name}.json"
-    if not path.exists():
-        raise StageError(f"{path}: not found; run `dvc repro` to make it")
-    return json.loads(path.read_text())
+    return read_json(METRICS_DIR / f"{name}.json")

@@ -2,25 +2,26 @@
 
 Both run in the same run of this script, on the same data, for the same training run.
 
-    python -m src.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
-    python -m src.bench --compile           # also the pipeline's step under torch.compile
-    python -m src.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
+    python -m tools.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
+    python -m tools.bench --compile           # also the pipeline's step under torch.compile
+    python -m tools.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
 
 Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
 fresh process so that peak memory is its own:
   plain     ImageFolder over the image files, PIL decode and torchvision transforms per sample,
             a weighted sampler, the full model forward and backward with frozen parameters
             (float32, BatchNorm statistics drifting, as the study did);
-  pipeline  this project's step: prepared uint8 tensors, frozen layers run once per image and
-            augmentation view, bfloat16 and channels_last where they help; the time of
-            `prepare`'s decoding and of building the cache is counted in.
+  pipeline  this project's step, from the same engine.training_setup and train_one_epoch that
+            `train` calls (so the two cannot drift): prepared uint8 tensors, frozen layers run
+            once per image and augmentation view, bfloat16 and channels_last where they help;
+            the time of `prepare`'s decoding and of building the cache is counted in.
 and prints images per second over the whole run (setup included) and over the epochs alone,
 their ratios and peak memory as a Markdown table. The pipeline runs every epoch of the training
 run (default: train.max_epochs, no early stopping). The plain loop has no setup and the same cost
 every epoch, so its throughput is measured over its first --plain-epochs epochs (their spread is
-printed): all 30 epochs of 4000 draws would take about 11 hours for the five variants on a
-2-core CPU. It loads in the main process, as a DataLoader does by default; --plain-workers N
-gives it N worker processes.
+printed): 30 epochs of 4000 draws took about 11 hours for the five variants on a 2-core CPU.
+It loads in the main process, as a DataLoader does by default; --plain-workers N gives it N
+worker processes.
 
 --compile adds a row per variant: the pipeline's step with its trained part under
 torch.compile, the compile time counted in (the first epoch pays it). The pipeline does not
@@ -29,12 +30,16 @@ compile; this row shows whether it would pay.
 --repro clones the committed project into a temporary folder, points `data` at the archive
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
 the wall time of each, then the comparison table.
+
+--out DIR also writes the table to a file named by the conditions it was measured under
+(device, precision, torch version), for docs/measurements/.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -50,13 +55,17 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import datasets
 from torchvision import transforms as T
 
-from src.config import load_config
-from src.data import RAW_DIR, decode_rgb, letterbox, scan_raw
-from src.engine import Batches, draw_order, grad_scaler, train_one_epoch
-from src.models import build_model, forward_train, split_frozen
-from src.transforms import NORMALIZATION, preset
-from src.prepare import balance_weights
-from src.utils import autocast_dtype, pick_device, seed_everything
+from src.lib.checkpoint import save_checkpoint
+from src.lib.config import CLASSES, load_config
+from src.lib.data import balance_weights, decode_rgb, letterbox, scan_raw
+from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
+from src.lib.engine import draw_order, train_one_epoch, training_setup
+from src.lib.errors import UserError, command
+from src.lib.inference import classify, load_classifier, read_image
+from src.lib.io import markdown_row, markdown_table, write_text
+from src.lib.models import build_model, forward_train
+from src.lib.paths import RAW_DIR
+from src.lib.transforms import NORMALIZATION
 
 
 def without_download(variant):
@@ -90,7 +99,7 @@ def timed_epochs(epochs: int, run_epoch) -> list[float]:
     return times
 
 
-def run_plain(variant, epochs: int, draws: int, device, workers: int
+def run_plain(variant, *, epochs: int, draws: int, device, workers: int
               ) -> tuple[float, list[float]]:
     """(setup seconds, seconds per epoch) of the study's loop."""
     model = build_model(variant).to(device).train()  # frozen BN drifts, as in the study
@@ -107,48 +116,47 @@ def run_plain(variant, epochs: int, draws: int, device, workers: int
     return 0.0, timed_epochs(epochs, epoch)
 
 
-def run_pipeline(variant, epochs: int, draws: int, device, compiled: bool = False
+def run_pipeline(variant, *, epochs: int, draws: int, device, compiled: bool = False
                  ) -> tuple[float, list[float]]:
     """(setup seconds, seconds per epoch) of this project's training step. Setup: what
     `prepare` does once (charged in full to every variant) and the cache of frozen layers."""
     start = time.perf_counter()
-    train = [f for f in scan_raw(RAW_DIR)[0] if f.split == "train"]
-    size = load_config().prepare.image_size
-    images = torch.stack([torch.from_numpy(letterbox(decode_rgb(f.path), size)).permute(2, 0, 1)
-                          for f in train])
-    labels = torch.tensor([sorted({f.label for f in train}).index(f.label) for f in train])
-    weights, _ = balance_weights(labels, "oversample")
+    files = [f for f in scan_raw(RAW_DIR)[0] if f.split == "train"]
+    prepare = load_config().prepare
+    images = torch.stack([
+        torch.from_numpy(letterbox(decode_rgb(f.path), prepare.image_size)).permute(2, 0, 1)
+        for f in files])
+    labels = torch.tensor([CLASSES.index(f.label) for f in files])
+    sample_weights, class_weights = balance_weights(labels, prepare.balance)
     t = variant.train
     dtype = autocast_dtype(t.precision, device)
     model = build_model(variant).to(device, memory_format=torch.channels_last)
-    prefix, head = split_frozen(model, variant)
-    if compiled:
-        head = torch.compile(head)
     generator = torch.Generator().manual_seed(t.seed)
-    batches = Batches(preset(images, variant), labels, variant.arch, device, dtype, prefix,
-                      t.augment_views, t.augment, generator, t.batch_size, "train")
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr)
-    scaler = grad_scaler(device, dtype)
-    criterion = nn.CrossEntropyLoss()
-    setup = time.perf_counter() - start
+    train = {"images": images, "labels": labels, "class_weights": class_weights}
+    setup = training_setup(model, variant, train, device=device, dtype=dtype,
+                           generator=generator)
+    if compiled:
+        setup.head = torch.compile(setup.head)
+    setup_seconds = time.perf_counter() - start
 
     def epoch(i):
-        order = draw_order(weights, draws, generator)
-        train_one_epoch(head, batches, order, t.batch_size, optimizer, scaler, criterion, device,
-                        dtype, f"epoch {i + 1}")
-    return setup, timed_epochs(epochs, epoch)
+        order = draw_order(sample_weights, draws, generator)
+        train_one_epoch(setup, order, t.batch_size, device=device, dtype=dtype,
+                        desc=f"epoch {i + 1}")
+    return setup_seconds, timed_epochs(epochs, epoch)
 
 
-def measure(name: str, method: str, epochs: int, draws: int, workers: int) -> dict:
+def measure(name: str, method: str, *, epochs: int, draws: int, workers: int) -> dict:
     """One (variant, method) in this process: images per second over the whole run (setup
     included) and over the epochs alone, the slowest and fastest epoch, and peak memory."""
     variant = without_download(load_config().variant(name))
     seed_everything(variant.train.seed)
     device = pick_device(variant.train.device)
     if method == "plain":
-        setup, epoch_seconds = run_plain(variant, epochs, draws, device, workers)
+        setup, epoch_seconds = run_plain(variant, epochs=epochs, draws=draws, device=device,
+                                         workers=workers)
     else:
-        setup, epoch_seconds = run_pipeline(variant, epochs, draws, device,
+        setup, epoch_seconds = run_pipeline(variant, epochs=epochs, draws=draws, device=device,
                                             compiled=method == "compiled")
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -161,17 +169,21 @@ def measure(name: str, method: str, epochs: int, draws: int, workers: int) -> di
             "peak_mb": round(peak)}
 
 
-def timed_repro(archive: str) -> int:
+def timed_repro(archive: str, emit) -> None:
     """Every stage of a full `dvc repro` on the real data, each timed on its own."""
     work = Path(tempfile.mkdtemp(prefix="bench-repro-")) / "project"
     subprocess.run(["git", "clone", "-q", ".", str(work)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=work, check=True,
+                            capture_output=True, text=True).stdout.strip()
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"].update(source="local", archive=str(Path(archive).resolve()))
     params["train"]["weights"] = "none"  # ImageNet weights may be out of reach; same compute
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=work, check=True,
                             capture_output=True, text=True).stdout.split()
-    print(f"{machine()}; dvc repro in {work}\n\n| stage | seconds |\n| --- | --- |", flush=True)
+    emit(f"{machine()}; `dvc repro` of commit {commit} on {Path(archive).name}, "
+         "train.weights=none\n")
+    emit(markdown_table(["stage", "seconds"], []).rstrip())
     total = time.perf_counter()
     for stage in stages:
         start = time.perf_counter()
@@ -179,36 +191,40 @@ def timed_repro(archive: str) -> int:
                               capture_output=True, text=True)
         (work / f"repro-{stage}.log").write_text(done.stdout + done.stderr)
         if done.returncode:
-            print(f"error: {stage} failed; see {work}/repro-{stage}.log", file=sys.stderr)
-            return 1
-        print(f"| {stage} | {time.perf_counter() - start:.0f} |", flush=True)
-    print(f"| total | {time.perf_counter() - total:.0f} |\n")
-    print((work / "reports/comparison.md").read_text())
-    return 0
+            raise UserError(f"{stage} failed; see {work}/repro-{stage}.log")
+        emit(markdown_row([stage, f"{time.perf_counter() - start:.0f}"]))
+    emit(markdown_row(["total", f"{time.perf_counter() - total:.0f}"]) + "\n")
+    emit((work / "reports/comparison.md").read_text())
 
 
 def time_predict(image: Path) -> dict:
     """`predict` with a ResNet-50 checkpoint: seconds to load the model and to classify one
-    image (decode, letterbox, forward), best of three, Python and torch start-up aside."""
-    from src.models import load_checkpoint
-    from src.predict import load_image
-    from src.train import checkpoint
-    from src.transforms import normalize
-    from src.utils import torch_save
-
+    image (decode, letterbox, frame, forward), best of three, Python and torch start-up aside."""
     variant = without_download(load_config().variant("resnet50"))
     path = Path(tempfile.mkdtemp()) / "model.pt"
-    torch_save(path, checkpoint(variant, build_model(variant).state_dict(), 299))
-    load, classify = [], []
+    save_checkpoint(path, variant, build_model(variant).state_dict(),
+                    prepared_size=load_config().prepare.image_size)
+    load, classify_one = [], []
     for _ in range(3):
         start = time.perf_counter()
-        model, ckpt = load_checkpoint(path)
+        clf = load_classifier(path)
         load.append(time.perf_counter() - start)
         start = time.perf_counter()
-        with torch.no_grad():
-            model(normalize(load_image(image, ckpt).float() / 255, ckpt["arch"]))
-        classify.append(time.perf_counter() - start)
-    return {"load_s": round(min(load), 3), "classify_s": round(min(classify), 3)}
+        classify(clf, read_image(clf, image)[None])
+        classify_one.append(time.perf_counter() - start)
+    return {"load_s": round(min(load), 3), "classify_s": round(min(classify_one), 3)}
+
+
+def measurement_file(folder: Path, kind: str) -> Path:
+    """FOLDER/<kind>-<device>-<precision>-torch<version>.md: a measured table is named by the
+    conditions it was measured under, and rewritten, never edited, when they recur."""
+    device = pick_device(load_config().train.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu-{torch.get_num_threads()}threads"
+    precision = environment(device, autocast_dtype(load_config().train.precision,
+                                                   device))["precision"]
+    slug = "-".join(re.findall(r"[a-z0-9.]+", f"{name} {precision}".lower()))
+    return folder / f"{kind}-{slug}-torch{torch.__version__.split('+')[0]}.md"
 
 
 def machine() -> str:
@@ -222,7 +238,46 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
 
 
-def main() -> int:
+def speed_table(args, emit) -> None:
+    """The plain loop against the pipeline's step, one row per variant (and compiled step)."""
+    cfg = load_config()
+    epochs = 1 if args.quick else args.epochs or cfg.train.max_epochs
+    plain_epochs = min(args.plain_epochs, epochs)
+    train_size = sum(f.split == "train" for f in scan_raw(RAW_DIR)[0])
+    emit(f"{machine()}; a training run of {epochs} epoch(s) per variant; the plain loop timed "
+         f"over {plain_epochs} of them, {args.plain_workers} DataLoader workers\n")
+    emit(markdown_table(["variant", "draws per epoch", "plain img/s (epoch s, min-max)",
+                         "pipeline img/s (setup s)", "speed-up", "per-epoch speed-up",
+                         "plain peak MB", "pipeline peak MB"], []).rstrip())
+    for name in args.variants or list(cfg.variants):
+        # Each variant's own training run: its draws per epoch (0 = the size of the split).
+        draws = 64 if args.quick else \
+            args.draws or cfg.variant(name).train.draws_per_epoch or train_size
+        methods = [("plain", plain_epochs), ("pipeline", epochs)]
+        if args.compile:
+            methods.append(("compiled", epochs))
+        result = {}
+        for method, n in methods:
+            cmd = [sys.executable, "-m", "tools.bench", "--one", name, method, "--epochs",
+                   str(n), "--draws", str(draws), "--plain-workers", str(args.plain_workers)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise UserError(f"{name} {method}: {done.stderr.strip().splitlines()[-1]}")
+            result[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        plain = result.pop("plain")
+        low, high = plain["epoch_s_range"]
+        for method, ours in result.items():
+            label = name + (", torch.compile" if method == "compiled" else "")
+            emit(markdown_row([
+                label, draws, f"{plain['images_per_s']} ({low}-{high})",
+                f"{ours['images_per_s']} ({ours['setup_s']})",
+                f"{ours['images_per_s'] / plain['images_per_s']:.1f}x",
+                f"{ours['epoch_images_per_s'] / plain['epoch_images_per_s']:.1f}x",
+                plain["peak_mb"], ours["peak_mb"]]))
+
+
+@command
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch of 64 draws per variant")
     parser.add_argument("--epochs", type=int, default=0,
@@ -241,53 +296,33 @@ def main() -> int:
     parser.add_argument("--repro", metavar="ARCHIVE", help="time a full dvc repro on ARCHIVE")
     parser.add_argument("--predict", action="store_true",
                         help="time loading a ResNet-50 checkpoint and classifying one image")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="also write the table to DIR/<speed|repro>-<device>-<precision>-"
+                             "torch<version>.md")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.repro:
-        return timed_repro(args.repro)
+    if args.one:
+        epochs = 1 if args.quick else args.epochs or load_config().train.max_epochs
+        print(json.dumps(measure(*args.one, epochs=epochs, draws=args.draws,
+                                 workers=args.plain_workers)))
+        return
     if args.predict:
         image = next(f.path for f in scan_raw(RAW_DIR)[0] if f.split == "test")
         print(f"{machine()}; predict with ResNet-50 on {image.name}: {time_predict(image)}")
-        return 0
-    cfg = load_config()
-    epochs = 1 if args.quick else args.epochs or cfg.train.max_epochs
-    plain_epochs = min(args.plain_epochs, epochs)
-    if args.one:
-        print(json.dumps(measure(*args.one, epochs, args.draws, args.plain_workers)))
-        return 0
-    train_size = sum(f.split == "train" for f in scan_raw(RAW_DIR)[0])
-    print(f"{machine()}; a training run of {epochs} epoch(s) per variant; the plain loop timed "
-          f"over {plain_epochs} of them, {args.plain_workers} DataLoader workers\n")
-    print("| variant | draws per epoch | plain img/s (epoch s, min-max) | pipeline img/s (setup s) "
-          "| speed-up | per-epoch speed-up | plain peak MB | pipeline peak MB |\n|" + " --- |" * 8,
-          flush=True)
-    for name in args.variants or list(cfg.variants):
-        # Each variant's own training run: its draws per epoch (0 = the size of the split).
-        draws = 64 if args.quick else \
-            args.draws or cfg.variant(name).train.draws_per_epoch or train_size
-        methods = [("plain", plain_epochs), ("pipeline", epochs)]
-        if args.compile:
-            methods.append(("compiled", epochs))
-        result = {}
-        for method, n in methods:
-            cmd = [sys.executable, "-m", "src.bench", "--one", name, method, "--epochs",
-                   str(n), "--draws", str(draws), "--plain-workers", str(args.plain_workers)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                print(f"error: {name} {method}: {done.stderr.strip().splitlines()[-1]}",
-                      file=sys.stderr)
-                return 1
-            result[method] = json.loads(done.stdout.strip().splitlines()[-1])
-        plain = result.pop("plain")
-        low, high = plain["epoch_s_range"]
-        for method, ours in result.items():
-            label = name + (", torch.compile" if method == "compiled" else "")
-            print(f"| {label} | {draws} | {plain['images_per_s']} ({low}-{high}) | "
-                  f"{ours['images_per_s']} ({ours['setup_s']}) | "
-                  f"{ours['images_per_s'] / plain['images_per_s']:.1f}x | "
-                  f"{ours['epoch_images_per_s'] / plain['epoch_images_per_s']:.1f}x | "
-                  f"{plain['peak_mb']} | {ours['peak_mb']} |", flush=True)
-    return 0
+        return
+    lines = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+    if args.repro:
+        timed_repro(args.repro, emit)
+    else:
+        speed_table(args, emit)
+    if args.out:
+        path = measurement_file(args.out, "repro" if args.repro else "speed")
+        write_text(path, "\n".join(lines) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

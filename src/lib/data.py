@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from src.config import CLASSES, SPLITS
-from src.utils import StageError, torch_load
+from src.lib.config import CLASSES, SPLITS
+from src.lib.errors import UserError
+from src.lib.io import torch_load
+from src.lib.paths import PREPARED_DIR
 
-RAW_DIR = Path("data/raw")
-PREPARED_DIR = Path("data/prepared")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MIN_SIDE = 16  # smaller images carry no anatomy; they are skipped and reported
 
@@ -33,7 +34,7 @@ def normalize_class(folder: str) -> str:
     for prefix, label in _CLASS_PREFIXES.items():
         if key == prefix or key.startswith(prefix + "_"):
             return label
-    raise StageError(f"unknown class folder '{folder}': expected a name starting with "
+    raise UserError(f"unknown class folder '{folder}': expected a name starting with "
                      f"one of {', '.join(_CLASS_PREFIXES)}")
 
 
@@ -45,10 +46,10 @@ def find_split_root(root: Path) -> Path:
         if (folder / "train").is_dir():
             missing = [s for s in SPLITS if not (folder / s).is_dir()]
             if missing:
-                raise StageError(f"{folder}: no '{missing[0]}' split; Kaggle's layout has "
+                raise UserError(f"{folder}: no '{missing[0]}' split; Kaggle's layout has "
                                  "train/, valid/ and test/ folders")
             return folder
-    raise StageError(f"{root}: no 'train' split found; expected Kaggle's layout "
+    raise UserError(f"{root}: no 'train' split found; expected Kaggle's layout "
                      "(Data/train, Data/valid, Data/test)")
 
 
@@ -72,7 +73,7 @@ def scan_raw(root: Path) -> tuple[list[RawFile], list[dict]]:
         labels = {normalize_class(f.name): f for f in folders}
         missing = [c for c in CLASSES if c not in labels]
         if missing:
-            raise StageError(f"{split_root / split}: class '{missing[0]}' is missing; "
+            raise UserError(f"{split_root / split}: class '{missing[0]}' is missing; "
                              f"each split needs folders for {', '.join(CLASSES)}")
         for folder in folders:
             label = normalize_class(folder.name)
@@ -121,10 +122,6 @@ def letterbox(im: Image.Image, size: int) -> np.ndarray:
     return np.array(canvas)
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def pixel_digest(im: Image.Image) -> str:
     """Equal for images with the same size and RGB pixels, whatever their file encoding."""
     return hashlib.sha256(f"{im.size}".encode() + im.tobytes()).hexdigest()
@@ -133,3 +130,17 @@ def pixel_digest(im: Image.Image) -> str:
 def load_split(split: str, prepared_dir: Path = PREPARED_DIR) -> dict:
     """A prepared split: `images` uint8 [N,3,S,S], `labels` int64 [N], `files`, and extras."""
     return torch_load(Path(prepared_dir) / f"{split}.pt")
+
+
+def balance_weights(labels: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample draw weights and per-class loss weights for the training split.
+    oversample: draw every class equally often (the study's weighted sampler);
+    class_weights: draw uniformly, weight the loss by inverse class frequency; none: neither."""
+    counts = torch.bincount(labels, minlength=len(CLASSES)).clamp(min=1).float()
+    inverse = counts.sum() / (len(CLASSES) * counts)
+    ones_s, ones_c = torch.ones(len(labels)), torch.ones(len(CLASSES))
+    if method == "oversample":
+        return inverse[labels], ones_c
+    if method == "class_weights":
+        return ones_s, inverse
+    return ones_s, ones_c

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from src.config import CLASSES, VariantConfig
-from src.utils import StageError, torch_load
+from src.lib.config import CLASSES, VariantConfig
+from src.lib.errors import UserError
 
-MODELS_DIR = Path("models")  # models/<variant>/model.pt, written by `train`
 TORCHVISION_WEIGHTS = {"resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
                        "inception_v3": tvm.Inception_V3_Weights.IMAGENET1K_V1}
 AUX_LOSS_WEIGHT = 0.4  # Inception's auxiliary classifier, as in the Inception-V3 paper
@@ -44,7 +43,7 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
         return None
     if weights != "imagenet":
         if not Path(weights).is_file():
-            raise StageError(f"train.weights: '{weights}' does not exist; use imagenet, none or "
+            raise UserError(f"train.weights: '{weights}' does not exist; use imagenet, none or "
                              "the path of a state-dict file")
         return torch.load(weights, map_location="cpu", weights_only=True)
     enum = TORCHVISION_WEIGHTS[arch]
@@ -53,7 +52,7 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
     except Exception as e:  # URLError, hash mismatch, a proxy's HTML page...
         file = Path(enum.url).name
         folder = Path(torch.hub.get_dir()) / "checkpoints"
-        raise StageError(f"could not get ImageNet weights for {arch} ({type(e).__name__}): "
+        raise UserError(f"could not get ImageNet weights for {arch} ({type(e).__name__}): "
                          f"download {enum.url} and put {file} in {folder}, "
                          "or set train.weights=none") from None
 
@@ -72,7 +71,7 @@ def network(arch: str, image_size: int, imagenet_state: dict | None = None) -> n
         try:
             model.load_state_dict(imagenet_state)
         except RuntimeError as e:
-            raise StageError(f"train.weights: the file does not hold torchvision's {arch} "
+            raise UserError(f"train.weights: the file does not hold torchvision's {arch} "
                              f"ImageNet state dict ({str(e).splitlines()[0]})") from None
     model.fc = nn.Linear(model.fc.in_features, len(CLASSES))
     if arch == "inception_v3":
@@ -92,14 +91,6 @@ def build_model(variant: VariantConfig) -> nn.Module:
         for p in module.parameters():
             p.requires_grad = True
     return model
-
-
-def load_checkpoint(path) -> tuple[nn.Module, dict]:
-    """A checkpoint written by `train` or `release`, as an eval-mode network and its settings."""
-    ckpt = torch_load(path)
-    model = network(ckpt["arch"], ckpt["image_size"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
 
 
 def trainable_modules(model: nn.Module, variant: VariantConfig) -> list[nn.Module]:

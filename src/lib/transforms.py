@@ -72,12 +72,11 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def preset(images: torch.Tensor, variant) -> torch.Tensor:
-    """Prepared uint8 letterboxes -> what the variant trains on: framed at its image_size."""
-    t = variant.train
-    if t.framing == "letterbox" and t.intensity == "as_is" or not len(images):
-        return resize(images, variant.image_size)  # the study's: one batched resize
-    return torch.stack([frame(im, t.framing, t.intensity, variant.image_size) for im in images])
+def preset(images: torch.Tensor, *, framing: str, intensity: str, size: int) -> torch.Tensor:
+    """Prepared uint8 letterboxes -> what a variant sees: framed at its image size."""
+    if framing == "letterbox" and intensity == "as_is" or not len(images):
+        return resize(images, size)  # the study's: one batched resize
+    return torch.stack([frame(im, framing, intensity, size) for im in images])
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "study"

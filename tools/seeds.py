@@ -5,9 +5,9 @@ whose params differ in more than `train.seed` form separate groups, one table ea
 
     dvc exp run --queue -S 'train.seed=1,2,3'
     dvc queue start -j 2        # then wait until `dvc queue status` shows them done
-    python -m src.seeds         # reads `dvc exp show --json`; or: python -m src.seeds FILE.json
-    python -m src.seeds --curves resnet50   # also compares the recipes epoch by epoch
-    python -m src.seeds --only train.lr=0.001   # only the runs with that param value
+    python -m tools.seeds         # reads `dvc exp show --json`; or: python -m tools.seeds FILE.json
+    python -m tools.seeds --curves resnet50   # also compares the recipes epoch by epoch
+    python -m tools.seeds --only train.lr=0.001   # only the runs with that param value
 
 The chosen checkpoint depends on where early stopping ends each run, which on a noisy
 validation loss can decide more than the recipe does. `--curves` therefore also compares, seed by
@@ -23,6 +23,9 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
+
+from src.lib.errors import UserError, command
+from src.lib.io import markdown_table, write_text
 
 # (column, path in metrics/<variant>.json)
 SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
@@ -120,19 +123,18 @@ def evaluated(group: list[dict], variant: str) -> list[dict]:
 def summary_table(group: list[dict]) -> str:
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
     seeds = sorted(r["params"]["train"]["seed"] for r in group)
-    lines = [f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each "
-             "variant (one seed: its value)",
-             "", "| variant | seeds | " + " | ".join(column for column, _ in SCORES) + " |",
-             "|" + " --- |" * (len(SCORES) + 2)]
+    rows = []
     for v in variants:
         ran = evaluated(group, v)
-        cells = [", ".join(str(r["params"]["train"]["seed"]) for r in ran) or "-"]
+        cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran) or "-"]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
             cells.append(mean_std(values) if values else "-")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return (f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each "
+            "variant (one seed: its value)\n\n"
+            + markdown_table(["variant", "seeds", *(column for column, _ in SCORES)], rows))
 
 
 def curve_targets(variant: str) -> list[str]:
@@ -159,11 +161,9 @@ def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str
                 for r in group} for group in groups.values()]
     seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
     columns = [(c, i) for c, _ in CURVES for i in range(len(by_seed))]
-    lines = [f"{variant}, epoch by epoch: each curve's mean over the epochs that every run of "
-             "the seed trained", "", "| seed | epochs | " + " | ".join(
-                 f"{c}: {labels[key] or 'runs'}" for c, _ in CURVES for key in groups) + " |",
-             "|" + " --- |" * (len(columns) + 2)]
-    means = defaultdict(list)
+    header = ["seed", "epochs", *(f"{c}: {labels[key] or 'runs'}" for c, _ in CURVES
+                                  for key in groups)]
+    rows, means = [], defaultdict(list)
     for seed in seeds:
         runs_of_seed = [curves.get(s[seed], {}) for s in by_seed]
         if not all(all(c in r for c, _ in CURVES) for r in runs_of_seed):
@@ -171,18 +171,17 @@ def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str
         epochs = min(len(r[c]) for r in runs_of_seed for c, _ in CURVES)
         for c, i in columns:
             means[c, i].append(statistics.mean(runs_of_seed[i][c][:epochs]))
-        lines.append(f"| {seed} | {epochs} | " + " | ".join(
-            f"{means[col][-1]:.3f}" for col in columns) + " |")
+        rows.append([seed, epochs, *(f"{means[col][-1]:.3f}" for col in columns)])
     if len(means[columns[0]]) > 1:
-        lines.append("| mean ± std | | " + " | ".join(mean_std(means[col]) for col in columns)
-                     + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(["mean ± std", "", *(mean_std(means[col]) for col in columns)])
+    return (f"{variant}, epoch by epoch: each curve's mean over the epochs that every run of the "
+            "seed trained\n\n" + markdown_table(header, rows))
 
 
 def dvc_json(args: list[str]):
     result = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"dvc {args[0]} {args[1]} failed: "
+        raise UserError(f"dvc {args[0]} {args[1]} failed: "
                            f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(result.stdout)
 
@@ -191,7 +190,7 @@ def read_shown(path: str) -> list:
     try:
         return json.loads(open(path).read())
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"{path}: cannot read it as `dvc exp show --json` output ({e})")
+        raise UserError(f"{path}: cannot read it as `dvc exp show --json` output ({e})")
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -204,7 +203,7 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
     groups = seed_groups([r for r in runs(shown)
                           if all(str(flat(r["params"]).get(k)) == v for k, v in only.items())])
     if not groups:
-        raise RuntimeError("no experiments that differ only in train.seed; run dvc exp run "
+        raise UserError("no experiments that differ only in train.seed; run dvc exp run "
                            "--queue -S 'train.seed=1,2,3' and dvc queue start first")
     labels = distinguishing(groups)
     text = "\n".join((f"{labels[key]}\n" if labels[key] else "") + summary_table(group)
@@ -214,28 +213,28 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
     ran = {key: evaluated(group, curves_variant) for key, group in groups.items()}
     ran = {key: group for key, group in ran.items() if group}
     if not ran:
-        raise RuntimeError(f"no seed group evaluated {curves_variant}")
+        raise UserError(f"no seed group evaluated {curves_variant}")
     names = [r["sources"][f"metrics/{curves_variant}.json"] for group in ran.values() for r in group]
     plots = dvc_json(["plots", "diff", *names, "--targets", *curve_targets(curves_variant)])
     return text + "\n" + matched_table(ran, distinguishing(ran),
                                        parse_curves(plots, curves_variant), curves_variant)
 
 
-def main(argv=None) -> int:
+@command
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shown", nargs="?", help="saved `dvc exp show --json` output")
     parser.add_argument("--only", metavar="KEY=VALUE", type=key_value, action="append", default=[],
                         help="keep the runs whose param KEY is VALUE, e.g. train.lr=0.001")
     parser.add_argument("--curves", metavar="VARIANT",
                         help="also compare the groups that ran VARIANT epoch by epoch")
+    parser.add_argument("--out", metavar="FILE", help="also write the tables to FILE")
     args = parser.parse_args(argv)
-    try:
-        shown = read_shown(args.shown) if args.shown else dvc_json(["exp", "show"])
-        print(report(shown, dict(args.only), args.curves))
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    shown = read_shown(args.shown) if args.shown else dvc_json(["exp", "show"])
+    text = report(shown, dict(args.only), args.curves)
+    print(text)
+    if args.out:
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""The checkpoint format, owned here alone: `train` saves it, `release` copies it, and evaluate,
+predict and bench load it. One file holds the weights and everything needed to use them (labels
+and preprocessing), readable with torch.load(weights_only=True)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from src.lib.config import CLASSES, VariantConfig
+from src.lib.errors import UserError
+from src.lib.io import torch_load, torch_save
+from src.lib.models import network
+from src.lib.transforms import NORMALIZATION
+
+FORMAT_VERSION = 1
+FIELDS = ("format_version", "state_dict", "variant", "arch", "trainable", "image_size",
+          "prepared_size", "framing", "intensity", "precision", "classes", "mean", "std",
+          "grayscale")
+
+
+def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict,
+                    prepared_size: int) -> None:
+    """The weights with the variant's preprocessing: letterbox to `prepared_size` (as
+    `prepare`), frame and resize to `image_size`, normalize; and the precision it ran in."""
+    t = variant.train
+    torch_save(path, {"format_version": FORMAT_VERSION, "state_dict": state_dict,
+                      "variant": variant.name, "arch": variant.arch,
+                      "trainable": variant.trainable, "image_size": variant.image_size,
+                      "prepared_size": prepared_size, "framing": t.framing,
+                      "intensity": t.intensity, "precision": t.precision,
+                      "classes": list(CLASSES), **NORMALIZATION[variant.arch]})
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    """(the network in eval mode, the checkpoint's settings); an old or foreign file is one line
+    naming what it lacks."""
+    ckpt = torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a checkpoint of this project; make one with "
+                        "`dvc repro train@<variant>`")
+    missing = [f for f in FIELDS if f not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not a checkpoint of this project, or an older format (no "
+                        f"'{missing[0]}'); retrain it with `dvc repro train@<variant>`")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {ckpt['format_version']}, this code reads "
+                        f"{FORMAT_VERSION}; retrain it with `dvc repro train@{ckpt['variant']}`")
+    model = network(ckpt["arch"], ckpt["image_size"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt

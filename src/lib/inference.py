@@ -1,0 +1,72 @@
+"""One inference path: a checkpoint and images (files or prepared tensors) -> class
+probabilities, with the variant's framing, precision and memory format. `evaluate`, `predict`,
+their Grad-CAM overlays and `tools/bench.py` all call it, so what predict prints for an image is
+what evaluate scored."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from src.lib.checkpoint import load_checkpoint
+from src.lib.data import decode_rgb, letterbox
+from src.lib.device import autocast, autocast_dtype, pick_device
+from src.lib.explain import cam_layer, grad_cam
+from src.lib.transforms import model_input, preset
+
+BATCH_SIZE = 32  # fixed, so that evaluate and predict run the same batches in reduced precision
+
+
+@dataclass(frozen=True)
+class Classifier:
+    model: nn.Module
+    settings: dict  # the checkpoint without its weights: labels, preprocessing, precision
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None is float32
+
+
+def load_classifier(path: Path, device: str = "auto") -> Classifier:
+    model, ckpt = load_checkpoint(path)
+    where = pick_device(device)
+    model.to(where, memory_format=torch.channels_last)
+    settings = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return Classifier(model, settings, where, autocast_dtype(ckpt["precision"], where))
+
+
+def frame_prepared(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """Letterboxes from `prepare` (uint8 [N,3,S,S]) -> the variant's framing and size."""
+    s = clf.settings
+    return preset(images, framing=s["framing"], intensity=s["intensity"], size=s["image_size"])
+
+
+def read_image(clf: Classifier, path: Path) -> torch.Tensor:
+    """An image file -> uint8 [3,size,size]: `prepare`'s decoding and letterbox, then the
+    variant's framing. Raises what the decoder raises for a file that is not a usable image."""
+    if not Path(path).is_file():
+        raise ValueError("no such file")
+    square = torch.from_numpy(letterbox(decode_rgb(path), clf.settings["prepared_size"]))
+    return frame_prepared(clf, square.permute(2, 0, 1).contiguous()[None])[0]
+
+
+def classify(clf: Classifier, images: torch.Tensor, cam: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Framed uint8 images [N,3,H,W] -> (probabilities float32 [N,C], Grad-CAM heatmaps [N,H,W]
+    for the predicted class when `cam`, else None)."""
+    arch = clf.settings["arch"]
+    probabilities, heatmaps = [], []
+    for start in range(0, len(images), BATCH_SIZE):
+        x = model_input(images[start:start + BATCH_SIZE].to(clf.device), arch)
+        with autocast(clf.device, clf.dtype):
+            if cam:
+                heatmap, p = grad_cam(clf.model, cam_layer(clf.model, arch), x)
+                heatmaps.append(heatmap.cpu())
+            else:
+                with torch.no_grad():
+                    p = torch.softmax(clf.model(x).float(), 1)
+        probabilities.append(p.cpu())
+    if not probabilities:  # no images
+        probabilities = [torch.zeros(0, len(clf.settings["classes"]))]
+        heatmaps = [torch.zeros(0, *images.shape[-2:])]
+    return torch.cat(probabilities), torch.cat(heatmaps) if cam else None

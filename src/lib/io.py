@@ -1,0 +1,98 @@
+"""Files: atomic writes, reads that fail in one line, and the code a module runs."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from src.lib.errors import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def not_found(path: Path) -> UserError:
+    return UserError(f"{path}: not found; run `dvc repro` to make it")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a reader never sees a half
+    written file, and a failure leaves the previous version in place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder: say which file, keep the old one
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def torch_save(path: Path, obj) -> None:
+    atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def markdown_row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """The one writer of Markdown tables: cells as given, already formatted."""
+    return "".join(markdown_row(line) + "\n" for line in [header, ["---"] * len(header), *rows])
+
+
+def read_json(path: Path):
+    if not Path(path).exists():
+        raise not_found(path)
+    return json.loads(Path(path).read_text())
+
+
+def torch_load(path: Path):
+    """Tensors and plain containers only (weights_only): a checkpoint cannot run code."""
+    if not Path(path).exists():
+        raise not_found(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_files(module: str, root: Path = Path(".")) -> list[Path]:
+    """The project's .py files that `module` (e.g. "src.train") runs: itself and what it
+    imports from `src`, directly or through other project modules. dvc.yaml lists these as the
+    stage's code deps, and training resumes only while they are unchanged."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = root / (name.replace(".", "/") + ".py")
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.split(".")[0] == "src":
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return sorted(p.relative_to(root) for p in seen)
