@@ -10,7 +10,6 @@ import csv
 import io
 import sys
 
-
 from src.lib import plots
 from src.lib.config import load_config
 from src.lib.errors import command

@@ -43,16 +43,16 @@ def from_kaggle(dataset: str, target: Path) -> None:
         kagglehub.dataset_download(dataset, output_dir=str(target), force_download=True)
     except requests.exceptions.ConnectionError:
         raise UserError(f"cannot reach Kaggle to download {dataset} (no network?); "
-                         + OFFLINE_HINT) from None
+                        + OFFLINE_HINT) from None
     except requests.exceptions.HTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         who = "with your credentials" if has_kaggle_credentials() else \
             "anonymously; set KAGGLE_USERNAME and KAGGLE_KEY or put kaggle.json in ~/.kaggle"
         raise UserError(f"Kaggle refused the download of {dataset} {who} (HTTP {status}); "
-                         + OFFLINE_HINT) from None
+                        + OFFLINE_HINT) from None
     except Exception as e:  # kagglehub wraps some failures in its own exception types
         raise UserError(f"downloading {dataset} from Kaggle failed ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); " + OFFLINE_HINT) from None
+                        f"{str(e).splitlines()[0] if str(e) else ''}); " + OFFLINE_HINT) from None
 
 
 def safe_extract(archive: Path, target: Path, max_mb: int) -> None:
@@ -62,7 +62,7 @@ def safe_extract(archive: Path, target: Path, max_mb: int) -> None:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
         raise UserError(f"{archive}: not a zip file; give the zip from the dataset's page or "
-                         "the folder it unpacks to") from None
+                        "the folder it unpacks to") from None
     with zf:
         members = zf.infolist()
         if not members:
@@ -70,17 +70,17 @@ def safe_extract(archive: Path, target: Path, max_mb: int) -> None:
         unpacked = sum(m.file_size for m in members)
         if unpacked > max_mb * 2**20:
             raise UserError(f"{archive}: would unpack to {unpacked / 2**20:,.0f} MB, over "
-                             f"data.max_extract_mb={max_mb}; raise it if the archive is trusted")
+                            f"data.max_extract_mb={max_mb}; raise it if the archive is trusted")
         root = target.resolve()
         for m in members:
             dest = (target / m.filename).resolve()
             if os.path.isabs(m.filename) or ".." in Path(m.filename).parts or \
                     not dest.is_relative_to(root):
                 raise UserError(f"{archive}: member '{m.filename}' would be written outside "
-                                 "the target folder; refusing this archive")
+                                "the target folder; refusing this archive")
             if stat.S_ISLNK(m.external_attr >> 16):
                 raise UserError(f"{archive}: member '{m.filename}' is a symbolic link; "
-                                 "refusing this archive")
+                                "refusing this archive")
         zf.extractall(target)
 
 
@@ -88,7 +88,7 @@ def from_local(archive: str, target: Path, max_mb: int) -> None:
     path = Path(archive).expanduser()
     if not path.exists():
         raise UserError(f"data.archive: '{archive}' does not exist; give the path of the zip "
-                         "downloaded from the dataset's page, or of the folder it unpacks to")
+                        "downloaded from the dataset's page, or of the folder it unpacks to")
     if path.is_dir():
         shutil.copytree(path, target)
     else:

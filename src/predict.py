@@ -3,7 +3,8 @@
     python -m src.predict IMAGE [IMAGE ...] [--model release/model.pt] [--json] [--cam DIR]
 
 Any size and mode of PNG or JPEG, decoded, letterboxed and framed exactly as in training, and
-classified by the same code and in the same precision as `evaluate`. A file that cannot be read
+classified by the same code as `evaluate` (src/lib/inference.py), so that on the same device
+it gives the probabilities `evaluate` scored. A file that cannot be read
 gets one line on stderr and the others are still classified; the exit status is 0 only if all
 succeeded.
 """
@@ -42,8 +43,10 @@ def main(argv=None) -> int:
                         help="a checkpoint from `release` or `train` (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays here")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="as train.device (default: %(default)s)")
     args = parser.parse_args(argv)
-    clf = load_classifier(args.model)
+    clf = load_classifier(args.model, args.device)
     classes = clf.settings["classes"]
     images, errors = read_images(clf, args.images)
     batch = torch.stack(list(images.values())) if images else torch.zeros(0, 3, 1, 1)

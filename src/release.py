@@ -83,7 +83,7 @@ Per-class F1 on the official test split: {per_class}.
 ## Limitations
 Single 2D slices without patient identifiers, so images of one patient may sit in several
 splits beyond the exact duplicates removed; no external validation; intervals reflect the test
-sample only, not training variability (see the README for runs over several seeds); calibration
+sample only, not training variability (docs/cnn-robustness.md has runs over several seeds); calibration
 is measured on 315 images.
 """
 

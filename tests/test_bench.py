@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 import yaml
-from conftest import ROOT, make_dataset
+
+from tests.conftest import ROOT, make_dataset
 
 
 def test_bench_compares_the_loops_per_variant(in_tmp):

@@ -19,7 +19,8 @@ and prints images per second over the whole run (setup included) and over the ep
 their ratios and peak memory as a Markdown table. The pipeline runs every epoch of the training
 run (default: train.max_epochs, no early stopping). The plain loop has no setup and the same cost
 every epoch, so its throughput is measured over its first --plain-epochs epochs (their spread is
-printed): 30 epochs of 4000 draws took about 11 hours for the five variants on a 2-core CPU.
+printed): 30 of its epochs of 4000 draws would take about 11 hours for the five variants on a
+2-core CPU.
 It loads in the main process, as a DataLoader does by default; --plain-workers N gives it N
 worker processes.
 
@@ -32,7 +33,7 @@ compile; this row shows whether it would pay.
 the wall time of each, then the comparison table.
 
 --out DIR also writes the table to a file named by the conditions it was measured under
-(device, precision, torch version), for docs/measurements/.
+(device, precision, torch version), e.g. `--out docs/measurements`.
 """
 from __future__ import annotations
 
@@ -171,16 +172,23 @@ def measure(name: str, method: str, *, epochs: int, draws: int, workers: int) ->
 
 def timed_repro(archive: str, emit) -> None:
     """Every stage of a full `dvc repro` on the real data, each timed on its own."""
+    if not Path(archive).exists():
+        raise UserError(f"{archive}: not found; give the zip from the dataset's Kaggle page")
     work = Path(tempfile.mkdtemp(prefix="bench-repro-")) / "project"
-    subprocess.run(["git", "clone", "-q", ".", str(work)], check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=work, check=True,
-                            capture_output=True, text=True).stdout.strip()
+
+    def run(*cmd, cwd=work) -> str:
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        if done.returncode:
+            raise UserError(f"{' '.join(cmd[:3])} failed: "
+                            f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return done.stdout
+    run("git", "clone", "-q", ".", str(work), cwd=".")
+    commit = run("git", "rev-parse", "--short", "HEAD").strip()
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"].update(source="local", archive=str(Path(archive).resolve()))
     params["train"]["weights"] = "none"  # ImageNet weights may be out of reach; same compute
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=work, check=True,
-                            capture_output=True, text=True).stdout.split()
+    stages = run("dvc", "stage", "list", "--name-only").split()
     emit(f"{machine()}; `dvc repro` of commit {commit} on {Path(archive).name}, "
          "train.weights=none\n")
     emit(markdown_table(["stage", "seconds"], []).rstrip())
@@ -218,12 +226,12 @@ def time_predict(image: Path) -> dict:
 def measurement_file(folder: Path, kind: str) -> Path:
     """FOLDER/<kind>-<device>-<precision>-torch<version>.md: a measured table is named by the
     conditions it was measured under, and rewritten, never edited, when they recur."""
-    device = pick_device(load_config().train.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu-{torch.get_num_threads()}threads"
-    precision = environment(device, autocast_dtype(load_config().train.precision,
-                                                   device))["precision"]
-    slug = "-".join(re.findall(r"[a-z0-9.]+", f"{name} {precision}".lower()))
+    t = load_config().train
+    device = pick_device(t.device)
+    env = environment(device, autocast_dtype(t.precision, device))
+    threads = f" {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    slug = "-".join(re.findall(r"[a-z0-9.]+", f"{env['device']}{threads} {env['precision']}"
+                                               .lower()))
     return folder / f"{kind}-{slug}-torch{torch.__version__.split('+')[0]}.md"
 
 
@@ -262,7 +270,8 @@ def speed_table(args, emit) -> None:
                    str(n), "--draws", str(draws), "--plain-workers", str(args.plain_workers)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
-                raise UserError(f"{name} {method}: {done.stderr.strip().splitlines()[-1]}")
+                why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+                raise UserError(f"{name} {method}: {why}")
             result[method] = json.loads(done.stdout.strip().splitlines()[-1])
         plain = result.pop("plain")
         low, high = plain["epoch_s_range"]

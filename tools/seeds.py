@@ -179,11 +179,18 @@ def matched_table(groups: dict, labels: dict, curves: dict, variant: str) -> str
 
 
 def dvc_json(args: list[str]):
-    result = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("dvc: not found; install the requirements (pip install -r "
+                        "requirements.txt)") from None
     if result.returncode:
         raise UserError(f"dvc {args[0]} {args[1]} failed: "
-                           f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
-    return json.loads(result.stdout)
+                        f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise UserError(f"dvc {args[0]} {args[1]} --json printed no JSON") from None
 
 
 def read_shown(path: str) -> list:
@@ -204,7 +211,7 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
                           if all(str(flat(r["params"]).get(k)) == v for k, v in only.items())])
     if not groups:
         raise UserError("no experiments that differ only in train.seed; run dvc exp run "
-                           "--queue -S 'train.seed=1,2,3' and dvc queue start first")
+                        "--queue -S 'train.seed=1,2,3' and dvc queue start first")
     labels = distinguishing(groups)
     text = "\n".join((f"{labels[key]}\n" if labels[key] else "") + summary_table(group)
                      for key, group in groups.items())

@@ -22,7 +22,8 @@ FIELDS = ("format_version", "state_dict", "variant", "arch", "trainable", "image
 def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict,
                     prepared_size: int) -> None:
     """The weights with the variant's preprocessing: letterbox to `prepared_size` (as
-    `prepare`), frame and resize to `image_size`, normalize; and the precision it ran in."""
+    `prepare`), frame and resize to `image_size`, normalize; and its precision setting, which
+    the machine that loads it resolves as training did (`auto`: bfloat16 where it is fast)."""
     t = variant.train
     torch_save(path, {"format_version": FORMAT_VERSION, "state_dict": state_dict,
                       "variant": variant.name, "arch": variant.arch,
@@ -47,5 +48,9 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
         raise UserError(f"{path}: checkpoint format {ckpt['format_version']}, this code reads "
                         f"{FORMAT_VERSION}; retrain it with `dvc repro train@{ckpt['variant']}`")
     model = network(ckpt["arch"], ckpt["image_size"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: its weights do not fit a {ckpt['arch']} at "
+                        f"{ckpt['image_size']} px ({str(e).splitlines()[0]})") from None
     return model.eval(), ckpt

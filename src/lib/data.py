@@ -35,7 +35,7 @@ def normalize_class(folder: str) -> str:
         if key == prefix or key.startswith(prefix + "_"):
             return label
     raise UserError(f"unknown class folder '{folder}': expected a name starting with "
-                     f"one of {', '.join(_CLASS_PREFIXES)}")
+                    f"one of {', '.join(_CLASS_PREFIXES)}")
 
 
 def find_split_root(root: Path) -> Path:
@@ -47,10 +47,10 @@ def find_split_root(root: Path) -> Path:
             missing = [s for s in SPLITS if not (folder / s).is_dir()]
             if missing:
                 raise UserError(f"{folder}: no '{missing[0]}' split; Kaggle's layout has "
-                                 "train/, valid/ and test/ folders")
+                                "train/, valid/ and test/ folders")
             return folder
     raise UserError(f"{root}: no 'train' split found; expected Kaggle's layout "
-                     "(Data/train, Data/valid, Data/test)")
+                    "(Data/train, Data/valid, Data/test)")
 
 
 @dataclass
@@ -74,7 +74,7 @@ def scan_raw(root: Path) -> tuple[list[RawFile], list[dict]]:
         missing = [c for c in CLASSES if c not in labels]
         if missing:
             raise UserError(f"{split_root / split}: class '{missing[0]}' is missing; "
-                             f"each split needs folders for {', '.join(CLASSES)}")
+                            f"each split needs folders for {', '.join(CLASSES)}")
         for folder in folders:
             label = normalize_class(folder.name)
             for path in sorted(folder.iterdir()):

@@ -1,7 +1,7 @@
 """One inference path: a checkpoint and images (files or prepared tensors) -> class
 probabilities, with the variant's framing, precision and memory format. `evaluate`, `predict`,
-their Grad-CAM overlays and `tools/bench.py` all call it, so what predict prints for an image is
-what evaluate scored."""
+their Grad-CAM overlays and `tools/bench.py` all call it, so that on the same device predict
+prints for an image what evaluate scored."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -73,7 +73,11 @@ def torch_load(path: Path):
     """Tensors and plain containers only (weights_only): a checkpoint cannot run code."""
     if not Path(path).exists():
         raise not_found(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or holding code
+        raise UserError(f"{path}: not a file this project wrote ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:120]})") from None
 
 
 def file_digest(path: Path) -> str:

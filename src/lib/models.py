@@ -44,7 +44,7 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
     if weights != "imagenet":
         if not Path(weights).is_file():
             raise UserError(f"train.weights: '{weights}' does not exist; use imagenet, none or "
-                             "the path of a state-dict file")
+                            "the path of a state-dict file")
         return torch.load(weights, map_location="cpu", weights_only=True)
     enum = TORCHVISION_WEIGHTS[arch]
     try:
@@ -53,8 +53,8 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
         file = Path(enum.url).name
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         raise UserError(f"could not get ImageNet weights for {arch} ({type(e).__name__}): "
-                         f"download {enum.url} and put {file} in {folder}, "
-                         "or set train.weights=none") from None
+                        f"download {enum.url} and put {file} in {folder}, "
+                        "or set train.weights=none") from None
 
 
 def network(arch: str, image_size: int, imagenet_state: dict | None = None) -> nn.Module:
@@ -72,7 +72,7 @@ def network(arch: str, image_size: int, imagenet_state: dict | None = None) -> n
             model.load_state_dict(imagenet_state)
         except RuntimeError as e:
             raise UserError(f"train.weights: the file does not hold torchvision's {arch} "
-                             f"ImageNet state dict ({str(e).splitlines()[0]})") from None
+                            f"ImageNet state dict ({str(e).splitlines()[0]})") from None
     model.fc = nn.Linear(model.fc.in_features, len(CLASSES))
     if arch == "inception_v3":
         model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, len(CLASSES))
