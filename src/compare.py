@@ -27,8 +27,8 @@ STUDY = {("cnn", "all"): (0.565, 0.577, 0.494),
 SCORES = ("accuracy", "f1_macro", "f1_weighted")
 
 
-def row(name: str, released: str, **extra) -> dict:
-    m = read_metrics(name)
+def row(name: str, m: dict, released: str, **extra) -> dict:
+    """One table row from metrics/<name>.json (`m`), paired with the released model."""
     out = {"variant": name, **extra}
     for part, key in (("test", "test"), ("test_leak_free", "leak_free")):
         for score in SCORES:
@@ -49,7 +49,7 @@ def row(name: str, released: str, **extra) -> dict:
 def variant_row(variant, released: str) -> dict:
     m = read_metrics(variant.name)
     study = STUDY.get((variant.arch, variant.trainable), (None, None, None))
-    return row(variant.name, released, arch=variant.arch, trainable=variant.trainable,
+    return row(variant.name, m, released, arch=variant.arch, trainable=variant.trainable,
                weights="none" if variant.arch == "cnn" else variant.train.weights,
                **{k: m["train"][k] for k in ("trainable_params", "total_params", "epochs",
                                               "best_epoch", "train_seconds")},
@@ -58,8 +58,9 @@ def variant_row(variant, released: str) -> dict:
 
 
 def floor_row(released: str) -> dict:
-    return row("floor", released, arch="logistic regression", trainable="all",
-               val_f1_macro=read_metrics("floor")["valid"]["f1_macro"])
+    m = read_metrics("floor")
+    return row("floor", m, released, arch="logistic regression", trainable="all",
+               val_f1_macro=m["valid"]["f1_macro"])
 
 
 def markdown(rows: list[dict], released: str) -> str:
