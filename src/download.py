@@ -1,4 +1,5 @@
-"""Stage `download`: put the dataset, in Kaggle's layout, at data/raw/Data/{train,valid,test}.
+"""Stage `download`: put the dataset at data/raw/Data: Kaggle's {train,valid,test}/<class>/, or
+class folders alone for `prepare` to split (see `data.classes` and `data.split`).
 
 data.source picks where it comes from:
   kaggle  Kaggle's own client (kagglehub): anonymous for this public dataset, or with the
@@ -19,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from src.lib.config import load_config
-from src.lib.data import find_split_root, scan_raw
+from src.lib.data import find_data_root, scan_raw
 from src.lib.errors import UserError, command
 from src.lib.paths import RAW_DIR, SAMPLE_DIR
 
@@ -106,15 +107,16 @@ def fetch(cfg) -> None:
             from_local(cfg.data.archive, partial, cfg.data.max_extract_mb)
         else:
             shutil.copytree(SAMPLE_DIR, partial)
-        split_root = find_split_root(partial)
-        files, _ = scan_raw(partial)  # a missing or unknown class folder stops here
+        data_root, _ = find_data_root(partial, cfg.data.classes)
+        files, _ = scan_raw(partial, cfg.data.classes)  # a missing or unknown class stops here
         if not files:
             raise UserError(f"{cfg.data.source}: the dataset holds no images")
-        # Kaggle's layout: the splits under Data/, whatever folder the source wrapped them in.
+        # The splits (or the class folders) under Data/, whatever folder the source wrapped
+        # them in.
         staged = partial.with_name(partial.name + ".data")
         shutil.rmtree(staged, ignore_errors=True)
         (staged).mkdir()
-        shutil.move(split_root, staged / "Data")
+        shutil.move(data_root, staged / "Data")
         shutil.rmtree(RAW_DIR, ignore_errors=True)
         staged.rename(RAW_DIR)
     finally:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from src.lib import plots
-from src.lib.config import CLASSES, load_config
+from src.lib.config import load_config
 from src.lib.data import load_split
 from src.lib.device import environment
 from src.lib.errors import command
-from src.lib.inference import classify, frame_prepared, load_classifier
+from src.lib.inference import classify, classify_prepared, frame_prepared, load_classifier
 from src.lib.io import read_json, write_json, write_text
 from src.lib.metrics import (
     confusion, expected_calibration_error, fit_temperature, report, report_text, test_metrics,
@@ -30,11 +30,11 @@ from src.lib.metrics import (
 from src.lib.paths import METRICS_DIR, MODELS_DIR, REPORTS_DIR
 
 
-def cam_examples(targets: np.ndarray, predictions: np.ndarray) -> list[int]:
+def cam_examples(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> list[int]:
     """A fixed set of test images: per class, the first one predicted right and the first one
     predicted wrong, in file order."""
     chosen = []
-    for c in range(len(CLASSES)):
+    for c in range(num_classes):
         for right in (True, False):
             hits = np.nonzero((targets == c) & ((predictions == c) == right))[0]
             chosen += hits[:1].tolist()
@@ -43,7 +43,8 @@ def cam_examples(targets: np.ndarray, predictions: np.ndarray) -> list[int]:
 
 def write_cams(clf, images, targets, path: Path) -> None:
     probabilities, heatmaps = classify(clf, images, cam=True)
-    titles = [f"true {CLASSES[target]}\npredicted {CLASSES[int(p.argmax())]} p={p.max():.2f}"
+    classes = clf.settings["classes"]
+    titles = [f"true {classes[target]}\npredicted {classes[int(p.argmax())]} p={p.max():.2f}"
               for target, p in zip(targets, probabilities)]
     plots.cam_grid(images, heatmaps, titles, path)
 
@@ -53,10 +54,10 @@ def evaluate_variant(name: str) -> dict:
     variant = cfg.variant(name)
     clf = load_classifier(MODELS_DIR / name / "model.pt", variant.train.device)
     valid, test = load_split("valid"), load_split("test")
-    test_images = frame_prepared(clf, test["images"])
-    valid_probabilities, _ = classify(clf, frame_prepared(clf, valid["images"]))
+    classes = test["classes"]
+    valid_probabilities = classify_prepared(clf, valid["images"])
     temperature = fit_temperature(valid_probabilities.clamp_min(1e-12).log(), valid["labels"])
-    probabilities, _ = classify(clf, test_images)
+    probabilities = classify_prepared(clf, test["images"])
     scaled = torch.softmax(probabilities.clamp_min(1e-12).log() / temperature, 1)
     probabilities, scaled = probabilities.numpy(), scaled.numpy()
     predictions = probabilities.argmax(1)
@@ -64,24 +65,25 @@ def evaluate_variant(name: str) -> dict:
 
     out = REPORTS_DIR / name
     write_json(out / "classification_report.json",
-               {"test": report(targets, predictions),
-                "test_leak_free": report(targets[leak_free], predictions[leak_free])})
+               {"test": report(targets, predictions, classes),
+                "test_leak_free": report(targets[leak_free], predictions[leak_free], classes)})
     write_text(out / "classification_report.txt",
                f"{name}: official test split ({len(targets)} images)\n"
-               f"{report_text(targets, predictions)}\n"
+               f"{report_text(targets, predictions, classes)}\n"
                f"{name}: leak-free test ({int(leak_free.sum())} images)\n"
-               f"{report_text(targets[leak_free], predictions[leak_free])}")
+               f"{report_text(targets[leak_free], predictions[leak_free], classes)}")
     write_predictions(name, test, probabilities)
-    plots.confusion_matrix(confusion(targets, predictions), f"{name}: test",
-                           out / "images/confusion.png")
+    plots.confusion_matrix(confusion(targets, predictions, len(classes)), classes,
+                           f"{name}: test", out / "images/confusion.png")
     plots.reliability_diagram(expected_calibration_error(probabilities, targets),
                               expected_calibration_error(scaled, targets),
                               temperature=temperature, title=f"{name}: test calibration",
                               path=out / "images/reliability.png")
-    chosen = cam_examples(targets, predictions)
-    write_cams(clf, test_images[chosen], targets[chosen], out / "images/gradcam.png")
+    chosen = cam_examples(targets, predictions, len(classes))
+    write_cams(clf, frame_prepared(clf, test["images"][chosen]), targets[chosen],
+               out / "images/gradcam.png")
 
-    metrics = test_metrics(targets, probabilities, leak_free, seed=variant.train.seed,
+    metrics = test_metrics(targets, probabilities, leak_free, classes, seed=variant.train.seed,
                            scaled=scaled) | {
         "temperature": round(temperature, 4), "evaluate": environment(clf.device, clf.dtype),
         "train": read_json(MODELS_DIR / name / "summary.json")}

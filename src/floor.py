@@ -23,8 +23,10 @@ from src.lib.transforms import resize
 
 
 def pixels(split: dict, size: int) -> np.ndarray:
-    gray = resize(split["images"], size).float().mean(1) / 255
-    return gray.flatten(1).numpy()
+    """[N, size*size] grayscale in [0,1], read a chunk of images at a time."""
+    parts = [(resize(chunk, size).float().mean(1) / 255).flatten(1).numpy()
+             for _, chunk in split["images"].chunks()]
+    return np.concatenate(parts) if parts else np.zeros((0, size * size), np.float32)
 
 
 @command
@@ -32,20 +34,22 @@ def main() -> None:
     cfg = load_config()
     seed_everything(cfg.train.seed)
     train, valid, test = (load_split(s) for s in ("train", "valid", "test"))
-    size = cfg.floor.image_size
+    classes, size = test["classes"], cfg.floor.image_size
+    train_pixels, valid_pixels = pixels(train, size), pixels(valid, size)
     best = None
     for C in cfg.floor.C:
         classifier = make_pipeline(StandardScaler(), LogisticRegression(
             C=C, class_weight="balanced", max_iter=5000))
-        classifier.fit(pixels(train, size), train["labels"].numpy())
-        val = headline(report(valid["labels"].numpy(), classifier.predict(pixels(valid, size))))
+        classifier.fit(train_pixels, train["labels"].numpy())
+        val = headline(report(valid["labels"].numpy(), classifier.predict(valid_pixels), classes),
+                       classes)
         print(f"floor: C={C} valid macro F1 {val['f1_macro']:.3f}")
         if best is None or val["f1_macro"] > best[1]["f1_macro"]:
             best = (classifier, val, C)
     classifier, val, C = best
     probabilities = classifier.predict_proba(pixels(test, size))
     metrics = test_metrics(test["labels"].numpy(), probabilities, test["leak_free"].numpy(),
-                           seed=cfg.train.seed)
+                           classes, seed=cfg.train.seed)
     metrics |= {"valid": val, "C": C}
     write_predictions("floor", test, probabilities)
     write_json(METRICS_DIR / "floor.json", metrics)

@@ -1,41 +1,106 @@
-"""Stage `prepare`: data/raw (Kaggle's layout) -> data/prepared/{train,valid,test}.pt.
+"""Stage `prepare`: data/raw -> data/prepared: images.npy and {train,valid,test}.json.
 
-Decodes every image once, removes leakage into test, drops duplicate groups whose labels
-conflict, computes the class balancing and letterboxes to `prepare.image_size`. Writes the data
-report with its figures to reports/data/.
+    python -m src.prepare [--workers N]
+
+Decodes every image once, with all cores, straight into the memory-mapped images file (one
+letterboxed row per file, at `prepare.image_size`); splits data that came without splits;
+removes leakage into test and duplicate groups whose labels conflict; computes the class
+balancing. Each split's JSON lists its rows of images.npy with labels and file names. Writes the
+data report with its figures to reports/data/. The output does not depend on --workers.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
+import signal
 import sys
+import time
 from collections import Counter, defaultdict
+from multiprocessing import Pool
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from src.lib import plots
-from src.lib.config import CLASSES, SPLITS, load_config
-from src.lib.data import balance_weights, decode_rgb, letterbox, pixel_digest, scan_raw
+from src.lib.config import SPLITS, load_config
+from src.lib.data import (
+    IMAGES_FILE, balance_weights, decode_image, letterbox, load_split, pixel_digest, scan_raw
+)
 from src.lib.errors import command
-from src.lib.io import file_digest, markdown_table, torch_save, write_json, write_text
+from src.lib.io import MappedArray, file_digest, markdown_table, write_json, write_text
 from src.lib.paths import DATA_REPORT_DIR, PREPARED_DIR, RAW_DIR
 from src.lib.transforms import augment
 
+_worker = {}  # each decoding process's open images file and settings
 
-def decode_all(files, size: int):
-    """Letterboxed arrays and digests of the decodable files; the others with their reason."""
+
+def _start_worker(images_path, size: int, dicom_window) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is for the parent
+    _worker.update(store=MappedArray(images_path, writable=True), size=size, window=dicom_window)
+
+
+def _decode_one(job) -> tuple[int, dict]:
+    """Decode file `row` into its row of the images file: its digests, or why it was skipped."""
+    row, path = job
+    try:
+        im = decode_image(path, _worker["window"])
+    except Exception as e:  # any decoder failure skips the file; the report says why
+        return row, {"reason": str(e).splitlines()[0] if str(e) else type(e).__name__}
+    _worker["store"].write(row, letterbox(im, _worker["size"]).transpose(2, 0, 1))
+    return row, {"bytes": file_digest(path), "pixels": pixel_digest(im)}
+
+
+def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
+    """Decode into `images_path`, `workers` processes at once: records of the decodable files
+    (file, row, digests) in file order, and the others with their reason."""
+    MappedArray.create(images_path, (len(files), 3, size, size), np.uint8)
+    jobs = [(row, f.path) for row, f in enumerate(files)]
+    settings = (images_path, size, dicom_window)
+    if workers == 1:
+        _start_worker(*settings)
+        results = map(_decode_one, jobs)
+        pool = None
+    else:
+        pool = Pool(workers, initializer=_start_worker, initargs=settings)
+        results = pool.imap(_decode_one, jobs, chunksize=16)
     kept, skipped = [], []
-    for f in tqdm(files, desc="decode", unit="img"):
-        try:
-            im = decode_rgb(f.path)
-        except Exception as e:  # any decoder failure skips the file; the report says why
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            skipped.append({"file": f.name, "reason": reason})
-            continue
-        kept.append({"file": f, "array": letterbox(im, size), "bytes": file_digest(f.path),
-                     "pixels": pixel_digest(im)})
+    try:
+        for row, outcome in tqdm(results, total=len(jobs), desc="decode", unit="img"):
+            if "reason" in outcome:
+                skipped.append({"file": files[row].name, "reason": outcome["reason"]})
+            else:
+                kept.append({"file": files[row], "row": row, **outcome})
+    finally:
+        if pool is not None:
+            pool.terminate()  # all results are in, or we are stopping early
+            pool.join()
     return kept, skipped
+
+
+def assign_splits(records: list[dict], split) -> None:
+    """For data without splits: per label, groups of identical images in a seeded order fill
+    train, then valid, then test, each group whole, so that no image has a copy in another
+    split. A group goes where its middle falls."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[r["pixels"]].append(r)
+    by_label = defaultdict(list)
+    for members in groups.values():
+        by_label[members[0]["file"].label].append(members)
+    rng = np.random.default_rng(split.seed)
+    for label in sorted(by_label):
+        label_groups = by_label[label]
+        total = sum(len(g) for g in label_groups)
+        train_end, valid_end = split.train * total, (split.train + split.valid) * total
+        placed = 0
+        for k in rng.permutation(len(label_groups)):
+            middle = placed + len(label_groups[k]) / 2
+            name = "train" if middle < train_end else "valid" if middle < valid_end else "test"
+            for r in label_groups[k]:
+                r["file"].split = name
+            placed += len(label_groups[k])
 
 
 def find_duplicates(records: list[dict]) -> dict:
@@ -78,45 +143,49 @@ def find_duplicates(records: list[dict]) -> dict:
     return {"removed": removed, "leak_free": leak_free, "stats": dict(stats)}
 
 
-def count_by(files) -> dict:
-    """Images per split and class."""
-    out = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+def count_by(files, classes) -> dict:
+    """Images per split and class (files of unsplit data that could not be decoded have no
+    split and are not counted)."""
+    out = {s: {c: 0 for c in classes} for s in SPLITS}
     for f in files:
-        out[f.split][f.label] += 1
+        if f.split:
+            out[f.split][f.label] += 1
     return out
 
 
-def build_splits(kept, dup, balance: str) -> dict:
+def split_index(kept, dup, *, classes, balance: str, size: int, dicom_window) -> dict:
+    """Per split, what {split}.json holds: its rows of the images file, labels, file names."""
     splits = {}
     for split in SPLITS:
         idx = [i for i, r in enumerate(kept)
                if r["file"].split == split and i not in dup["removed"]]
-        arrays = np.stack([kept[i]["array"] for i in idx]) if idx else \
-            np.zeros((0, 1, 1, 3), dtype=np.uint8)
-        data = {"images": torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(),
-                "labels": torch.tensor([CLASSES.index(kept[i]["file"].label) for i in idx],
-                                       dtype=torch.int64),
-                "files": [kept[i]["file"].name for i in idx],
-                "classes": list(CLASSES)}
+        labels = [classes.index(kept[i]["file"].label) for i in idx]
+        data = {"classes": list(classes), "image_size": size, "dicom_window": list(dicom_window),
+                "rows": [kept[i]["row"] for i in idx], "labels": labels,
+                "files": [kept[i]["file"].name for i in idx]}
         if split == "train":
-            data["sample_weights"], data["class_weights"] = balance_weights(data["labels"], balance)
+            weights = balance_weights(torch.tensor(labels, dtype=torch.int64), balance,
+                                      len(classes))
+            data["sample_weights"], data["class_weights"] = (w.tolist() for w in weights)
         if split == "test":
-            data["leak_free"] = torch.tensor([i in dup["leak_free"] for i in idx])
+            data["leak_free"] = [i in dup["leak_free"] for i in idx]
         splits[split] = data
     return splits
 
 
 def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance) -> dict:
-    after = {s: {c: int((splits[s]["labels"] == i).sum()) for i, c in enumerate(CLASSES)}
+    classes = splits["train"]["classes"]
+    after = {s: {c: int((splits[s]["labels"] == i).sum()) for i, c in enumerate(classes)}
              for s in SPLITS}
     report = {
         "image_size": image_size,
         "balance": balance,
+        "classes": classes,
         "counts_found": raw_counts,
         "counts_prepared": after,
         "test_leak_free": {
             c: int((splits["test"]["labels"][splits["test"]["leak_free"]] == i).sum())
-            for i, c in enumerate(CLASSES)},
+            for i, c in enumerate(classes)},
         "duplicates": dup["stats"],
         "removed": [{"file": kept[i]["file"].name, "reason": why}
                     for i, why in sorted(dup["removed"].items())],
@@ -124,7 +193,7 @@ def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance)
     }
     write_json(DATA_REPORT_DIR / "report.json", report)
     counts = markdown_table(["split", "class", "found", "prepared"], [
-        [s, c, raw_counts[s][c], after[s][c]] for s in SPLITS for c in CLASSES])
+        [s, c, raw_counts[s][c], after[s][c]] for s in SPLITS for c in classes])
     lines = ["# Data report", "", f"Letterboxed to {image_size}x{image_size}; balancing: {balance}.",
              "", counts.rstrip()]
     lines += ["", f"Leak-free test images: {sum(report['test_leak_free'].values())} "
@@ -139,11 +208,13 @@ def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance)
 
 
 def write_figures(raw_counts, report, splits) -> None:
+    classes = report["classes"]
     plots.class_distribution({"found": raw_counts, "prepared": report["counts_prepared"]},
-                             DATA_REPORT_DIR / "images/class_distribution.png")
-    plots.sample_grid(splits["train"]["images"], splits["train"]["labels"],
+                             classes, DATA_REPORT_DIR / "images/class_distribution.png")
+    plots.sample_grid(splits["train"]["images"], splits["train"]["labels"], classes,
                       DATA_REPORT_DIR / "images/samples.png")
-    plots.intensity_histograms(splits, DATA_REPORT_DIR / "images/intensity_histograms.png")
+    plots.intensity_histograms(splits, classes,
+                               DATA_REPORT_DIR / "images/intensity_histograms.png")
     if len(splits["train"]["images"]):
         image = splits["train"]["images"][:1].float() / 255
         generator = torch.Generator().manual_seed(0)
@@ -153,24 +224,40 @@ def write_figures(raw_counts, report, splits) -> None:
 
 
 @command
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="decoding processes (default: one per core, %(default)s)")
+    workers = max(1, parser.parse_args(argv).workers)
     cfg = load_config()
-    files, skipped = scan_raw(RAW_DIR)
-    kept, undecodable = decode_all(files, cfg.prepare.image_size)
+    size, window = cfg.prepare.image_size, (cfg.prepare.dicom_window_center,
+                                            cfg.prepare.dicom_window_width)
+    files, skipped = scan_raw(RAW_DIR, cfg.data.classes)
+    # Built beside data/prepared and swapped in at the end: a failure keeps the previous one.
+    partial = PREPARED_DIR.with_name(PREPARED_DIR.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    started = time.perf_counter()
+    kept, undecodable = decode_all(files, partial / IMAGES_FILE, size=size, dicom_window=window,
+                                   workers=workers)
+    print(f"decoded {len(files)} files in {time.perf_counter() - started:.1f} s with {workers} "
+          f"process{'es' if workers > 1 else ''}")
     skipped += undecodable
+    if files and files[0].split is None:
+        assign_splits(kept, cfg.data.split)
     dup = find_duplicates(kept)
-    splits = build_splits(kept, dup, cfg.prepare.balance)
-    raw_counts = count_by(files)
+    index = split_index(kept, dup, classes=cfg.data.labels, balance=cfg.prepare.balance,
+                        size=size, dicom_window=window)
+    for split, data in index.items():
+        write_json(partial / f"{split}.json", data)
+    splits = {s: load_split(s, partial) for s in SPLITS}
+    raw_counts = count_by(files, cfg.data.labels)
     report = write_report(raw_counts=raw_counts, kept=kept, dup=dup, skipped=skipped,
-                          splits=splits, image_size=cfg.prepare.image_size,
-                          balance=cfg.prepare.balance)
+                          splits=splits, image_size=size, balance=cfg.prepare.balance)
     write_figures(raw_counts, report, splits)
     shutil.rmtree(PREPARED_DIR, ignore_errors=True)
-    for split, data in splits.items():
-        torch_save(PREPARED_DIR / f"{split}.pt", data)
-    sizes = ", ".join(f"{s} {len(d['labels'])}" for s, d in splits.items())
-    print(f"prepared {sizes} images "
-          f"at {cfg.prepare.image_size}px; skipped {len(skipped)} files, removed "
+    partial.rename(PREPARED_DIR)
+    sizes = ", ".join(f"{s} {len(d['labels'])}" for s, d in index.items())
+    print(f"prepared {sizes} images at {size}px; skipped {len(skipped)} files, removed "
           f"{len(dup['removed'])} duplicates; report in {DATA_REPORT_DIR}/report.md")
 
 

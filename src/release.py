@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 
-from src.lib.config import load_config
+from src.lib.config import STUDY_CLASSES, load_config
 from src.lib.errors import command
 from src.lib.io import atomic_write, markdown_table, not_found, read_json, write_json, write_text
 from src.lib.metrics import read_metrics, with_interval
@@ -24,6 +24,30 @@ FRAMING = {"letterbox": "",
 WINDOW = {"as_is": "", "window": "map the body's 1st-99th gray percentiles to 0-255, "}
 
 
+# What is known about the study's dataset, beyond what the data report counts.
+KAGGLE_PROBLEMS = """
+- the `normal` class carries shortcut cues (text overlays, watermarks) and is nearly all
+  duplicates: its high scores say little;
+- the validation split is tiny, so one image moves validation accuracy by over a point;
+- the test split is framed and exposed differently from train and valid (darker, lower aspect
+  ratio, tighter framing), so validation scores do not predict test scores."""
+
+
+def data_section(data: dict) -> str:
+    train_counts = ", ".join(f"{c} {n}" for c, n in data["counts_prepared"]["train"].items())
+    dup = data["duplicates"]
+    study = tuple(data["classes"]) == STUDY_CLASSES
+    source = ('Kaggle "Chest CT-Scan images" (mohamedhanyyy/chest-ctscan-images, CC0), official '
+              "splits." if study else "The dataset named by `data` in params.yaml.")
+    return f"""{source}
+Training images after cleaning: {train_counts}. Known problems, handled as follows:
+- duplicates: {dup.get('duplicate_groups', 0)} groups of identical images
+  ({dup.get('duplicate_files', 0)} files), {dup.get('cross_split_groups', 0)} of them across
+  splits; every train or valid image with a copy in test was removed, and groups with
+  conflicting labels ({dup.get('conflicting_label_groups', 0)}) dropped;{
+    KAGGLE_PROBLEMS if study else ""}"""
+
+
 def model_card(name: str, variant, metrics: dict, data: dict) -> str:
     t = variant.train
     table = markdown_table(
@@ -34,15 +58,12 @@ def model_card(name: str, variant, metrics: dict, data: dict) -> str:
          for label, m in (("official test split", metrics["test"]),
                           ("leak-free test", metrics["test_leak_free"]))])
     per_class = ", ".join(f"{c} {f:.2f}" for c, f in metrics["test"]["f1_per_class"].items())
-    train_counts = ", ".join(f"{c} {n}" for c, n in data["counts_prepared"]["train"].items())
-    dup = data["duplicates"]
     return f"""# Model card: {name}
 
 ## Intended use
-Research on chest CT slice classification (adenocarcinoma, large cell carcinoma, squamous cell
-carcinoma, normal): reproducing and comparing methods. **Not for diagnosis** or any clinical
-decision: the data are a small public collection of single slices of unknown provenance, and
-the model has not been validated on any clinical population.
+Research on chest CT slice classification ({", ".join(c.replace("_", " ") for c in
+data["classes"])}): reproducing and comparing methods. **Not for diagnosis** or any clinical
+decision: the model has not been validated on any clinical population.
 
 ## Model
 {variant.arch}, trains `{variant.trainable}` ({metrics['train']['trainable_params']:,} of
@@ -54,17 +75,7 @@ below the best; ran
 (chosen on validation only). Seed {t.seed}.
 
 ## Data
-Kaggle "Chest CT-Scan images" (mohamedhanyyy/chest-ctscan-images, CC0), official splits.
-Training images after cleaning: {train_counts}. Known problems, handled as follows:
-- duplicates: {dup.get('duplicate_groups', 0)} groups of identical images
-  ({dup.get('duplicate_files', 0)} files), {dup.get('cross_split_groups', 0)} of them across
-  splits; every train or valid image with a copy in test was removed, and groups with
-  conflicting labels ({dup.get('conflicting_label_groups', 0)}) dropped;
-- the `normal` class carries shortcut cues (text overlays, watermarks) and is nearly all
-  duplicates: its high scores say little;
-- the validation split is tiny, so one image moves validation accuracy by over a point;
-- the test split is framed and exposed differently from train and valid (darker, lower aspect
-  ratio, tighter framing), so validation scores do not predict test scores.
+{data_section(data)}
 
 ## Preprocessing
 Decode to RGB (transparency over black), letterbox to {data['image_size']}x{data['image_size']}
@@ -83,8 +94,8 @@ Per-class F1 on the official test split: {per_class}.
 ## Limitations
 Single 2D slices without patient identifiers, so images of one patient may sit in several
 splits beyond the exact duplicates removed; no external validation; intervals reflect the test
-sample only, not training variability (docs/cnn-robustness.md has runs over several seeds); calibration
-is measured on 315 images.
+sample only, not training variability (docs/cnn-robustness.md has runs over several seeds);
+calibration is measured on {metrics['test']['support']} images.
 """
 
 

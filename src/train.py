@@ -21,11 +21,10 @@ from dvclive import Live
 
 from src.lib.checkpoint import save_checkpoint
 from src.lib.config import load_config
-from src.lib.data import load_split
+from src.lib.data import IMAGES_FILE, load_split
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
 from src.lib.engine import (
-    Batches, EarlyStopping, TrainingSetup, draw_order, framed, train_one_epoch, training_setup,
-    validate
+    Batches, EarlyStopping, TrainingSetup, draw_order, train_one_epoch, training_setup, validate
 )
 from src.lib.errors import UserError, command
 from src.lib.io import code_files, file_digest, torch_load, torch_save, write_json
@@ -91,10 +90,14 @@ class Resume:
 
 def run_key(variant) -> str:
     """Identifies a training run: the variant's settings, the prepared data and the code the
-    stage runs. A saved state is resumed only under the same key."""
+    stage runs. A saved state is resumed only under the same key. The images file is known by
+    its size and time (hashing it would read gigabytes at scale): a new `prepare` restarts."""
     h = hashlib.sha256(json.dumps(asdict(variant), sort_keys=True).encode())
-    for path in [PREPARED_DIR / "train.pt", PREPARED_DIR / "valid.pt", *code_files("src.train")]:
+    for path in [PREPARED_DIR / "train.json", PREPARED_DIR / "valid.json",
+                 *code_files("src.train")]:
         h.update(file_digest(path).encode())
+    images = (PREPARED_DIR / IMAGES_FILE).stat()
+    h.update(f"{images.st_size} {images.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -129,20 +132,20 @@ def train_variant(name: str) -> dict:
     seed_everything(t.seed)
     device = pick_device(t.device)
     dtype = autocast_dtype(t.precision, device)
-    model = build_model(variant).to(device, memory_format=torch.channels_last)
+    train, valid = load_split("train"), load_split("valid")
+    model = build_model(variant, len(train["classes"])).to(device,
+                                                           memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
     run_env = environment(device, dtype)
     print(f"{name}: {variant.arch}, trains {variant.trainable} ({trainable:,} of {total:,} "
           f"parameters) on {run_env['device']} in {run_env['precision']}")
 
-    train, valid = load_split("train"), load_split("valid")
     generator = torch.Generator().manual_seed(t.seed)
     started = time.perf_counter()
     setup = training_setup(model, variant, train, device=device, dtype=dtype,
                            generator=generator)
-    valid_batches = Batches(framed(valid["images"], variant), valid["labels"], arch=variant.arch,
-                            device=device, dtype=dtype, prefix=setup.prefix,
-                            batch_size=t.batch_size, desc="valid")
+    valid_batches = Batches(valid["images"], valid["labels"], variant, device=device,
+                            dtype=dtype, budget=setup.budget, prefix=setup.prefix)
     draws = t.draws_per_epoch or len(train["labels"])
     resume = Resume(name, run_key(variant))
     progress = resume.load(setup, model, generator) or Progress(
@@ -168,8 +171,7 @@ def train_variant(name: str) -> dict:
                    "trainable_params": trainable, "total_params": total,
                    "best": progress.best, **run_env}
         live.summary.update(summary)
-    save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights,
-                    prepared_size=train["images"].shape[-1])
+    save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights, train)
     write_json(MODELS_DIR / name / "summary.json", summary)
     resume.finish()
     return summary

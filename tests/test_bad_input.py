@@ -45,7 +45,7 @@ def test_unreadable_files_are_skipped_and_listed_readable_ones_used(in_tmp, tmp_
     Image.new("1", (9500, 9500)).save(d / "bomb.png")  # over Pillow's decompression-bomb limit
 
     download.fetch(use_local(in_tmp, src))
-    assert prepare.main() == 0
+    assert prepare.main([]) == 0
     report = json.loads((in_tmp / "reports/data/report.json").read_text())
     skipped = {s["file"].rsplit("/", 1)[1]: s["reason"] for s in report["skipped"]}
     assert set(skipped) == {"empty.png", "truncated.png", "notes.png", ".DS_Store",
@@ -99,8 +99,8 @@ def missing_class(d):
     (escaping_zip, "would be written outside the target folder"),
     (lambda d: d / "nowhere.zip", "does not exist"),
     (no_train_split, "no 'train' split"),
-    (unknown_class, "unknown class folder 'benign'"),
-    (missing_class, "class 'normal' is missing"),
+    (unknown_class, "test/benign: the folder matches no label of data.classes"),
+    (missing_class, "valid: no folder matches data.classes.normal"),
 ])
 def test_fatal_archives_stop_with_one_line_and_keep_the_data(in_tmp, tmp_path_factory, make,
                                                             message):

@@ -43,6 +43,19 @@ def test_variant_override_wins_over_train_default():
     (lambda p: p["variants"]["resnet50_fc"].update(precision="fp16"),
      "variants.resnet50_fc.precision: 'fp16' is not allowed; use one of auto, fp32, bf16"),
     (lambda p: p["train"].update(colour="red"), "train.colour: unknown key"),
+    (lambda p: p["data"].update(classes={"normal": "normal"}),
+     "data.classes: expected a mapping of at least two labels"),
+    (lambda p: p["data"]["classes"].update(Benign="benign"),
+     "data.classes.Benign: a label is written in lower-case letters"),
+    (lambda p: p["data"]["classes"].update(tumour=["adeno", 3]),
+     "data.classes.tumour: expected a folder-name prefix or a list of them"),
+    (lambda p: p["data"]["classes"].update(other="Large.Cell.Carcinoma"),
+     "prefix 'large_cell_carcinoma' is also listed under data.classes.large_cell_carcinoma"),
+    (lambda p: p["data"]["split"].update(train=0.8),
+     "data.split: train + valid + test = 1.1, not 1"),
+    (lambda p: p["data"]["split"].update(valid=0), "data.split.valid: 0 must lie between 0"),
+    (lambda p: p["prepare"].update(dicom_window_width=0), "prepare.dicom_window_width: 0"),
+    (lambda p: p["train"].update(cache_mb=-1), "train.cache_mb: -1 is too small"),
 ])
 def test_invalid_params_name_the_key_and_allowed_values(edit, message):
     raw = shipped_params()
@@ -51,3 +64,11 @@ def test_invalid_params_name_the_key_and_allowed_values(edit, message):
         parse_config(raw)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_labels_are_sorted_and_folder_prefixes_normalized():
+    raw = shipped_params()
+    raw["data"]["classes"] = {"tumour": ["Adeno-Carcinoma", "large cell"], "healthy": "normal"}
+    data = parse_config(raw).data
+    assert data.labels == ("healthy", "tumour")
+    assert data.classes["tumour"] == ("adeno_carcinoma", "large_cell")

@@ -1,26 +1,38 @@
+from collections import Counter, defaultdict
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from src import prepare
-from src.lib.config import CLASSES
-from src.lib.data import balance_weights, decode_rgb, letterbox, normalize_class, scan_raw
+from src.lib.config import STUDY_CLASSES, SplitConfig, parse_config
+from src.lib.data import (
+    balance_weights, decode_rgb, find_data_root, label_of, letterbox, load_split, scan_raw
+)
 from src.lib.errors import UserError
-from tests.conftest import LONG_NAMES, SHORT_NAMES, make_dataset, random_image
+from src.lib.io import write_json
+from tests.conftest import LONG_NAMES, SHORT_NAMES, make_dataset, random_image, shipped_params
+
+KAGGLE = parse_config(shipped_params()).data.classes  # the default `data.classes`
 
 
-@pytest.mark.parametrize("label", CLASSES)
-def test_long_and_short_kaggle_folder_names_map_to_one_label(label):
-    assert normalize_class(LONG_NAMES[label]) == label
-    assert normalize_class(SHORT_NAMES[label]) == label
-    assert normalize_class(label) == label
+@pytest.mark.parametrize("label", STUDY_CLASSES)
+def test_long_and_short_kaggle_folder_names_map_to_one_label(label, tmp_path):
+    for name in (LONG_NAMES[label], SHORT_NAMES[label], label):
+        assert label_of(tmp_path / name, KAGGLE) == label
 
 
 @pytest.mark.parametrize("folder", ["benign", "adeno", "normalish", "large.cell"])
-def test_unknown_class_folder_is_an_error_naming_it(folder):
-    with pytest.raises(UserError, match=f"unknown class folder '{folder}'"):
-        normalize_class(folder)
+def test_a_folder_no_prefix_matches_has_no_label(folder, tmp_path):
+    assert label_of(tmp_path / folder, KAGGLE) is None
+
+
+def test_a_folder_that_matches_two_labels_is_an_error_naming_both(tmp_path):
+    classes = {"cell": ("large",), "large_cell": ("large_cell",)}
+    with pytest.raises(UserError, match="matches data.classes.cell and data.classes.large_cell"):
+        label_of(tmp_path / "large.cell.carcinoma", classes)
 
 
 def test_letterbox_keeps_aspect_and_pads_with_zeros():
@@ -54,13 +66,59 @@ def test_decode_handles_modes_of_the_real_dataset(tmp_path):
     assert decode_rgb(tmp_path / "sixteen.png").getpixel((3, 3)) == (255, 255, 255)
 
 
-def test_scan_reports_a_missing_class(tmp_path):
+def test_scan_reports_a_class_entry_that_matches_no_folder(tmp_path):
     make_dataset(tmp_path)
     for f in (tmp_path / "Data/valid/normal").iterdir():
         f.unlink()
     (tmp_path / "Data/valid/normal").rmdir()
-    with pytest.raises(UserError, match="valid: class 'normal' is missing"):
-        scan_raw(tmp_path)
+    with pytest.raises(UserError, match="valid: no folder matches data.classes.normal"):
+        scan_raw(tmp_path, KAGGLE)
+
+
+def test_scan_reports_a_folder_that_matches_no_class(tmp_path):
+    make_dataset(tmp_path)
+    (tmp_path / "Data/train/benign").mkdir()
+    with pytest.raises(UserError, match="train/benign: the folder matches no label"):
+        scan_raw(tmp_path, KAGGLE)
+
+
+def test_class_folders_without_splits_are_found_anywhere_under_the_root(tmp_path):
+    for label in ("Cats", "dogs"):
+        (tmp_path / "export/images" / label).mkdir(parents=True)
+        random_image(len(label)).save(tmp_path / "export/images" / label / "a.png")
+    classes = {"cat": ("cats",), "dog": ("dogs",)}
+    assert find_data_root(tmp_path, classes) == (tmp_path / "export/images", False)
+    files, _ = scan_raw(tmp_path, classes)
+    assert [(f.split, f.label, f.name) for f in files] == [(None, "cat", "Cats/a.png"),
+                                                           (None, "dog", "dogs/a.png")]
+
+
+def records(groups: dict[str, list[int]]) -> list[dict]:
+    """prepare's records for assign_splits: per label, group sizes (identical images)."""
+    out = []
+    for label, sizes in groups.items():
+        for g, size in enumerate(sizes):
+            out += [{"file": SimpleNamespace(label=label, split=None), "pixels": f"{label}{g}"}
+                    for _ in range(size)]
+    return out
+
+
+def test_splitting_is_stratified_seeded_and_keeps_identical_images_together():
+    recs = records({"a": [1] * 70 + [5] * 6, "b": [1] * 40})  # a: 100 images, b: 40
+    prepare.assign_splits(recs, SplitConfig(train=0.7, valid=0.15, test=0.15, seed=1))
+    counts = Counter((r["file"].label, r["file"].split) for r in recs)
+    assert abs(counts["a", "train"] - 70) <= 3 and abs(counts["a", "test"] - 15) <= 3
+    assert (counts["b", "train"], counts["b", "valid"], counts["b", "test"]) == (28, 6, 6)
+    by_group = defaultdict(set)
+    for r in recs:
+        by_group[r["pixels"]].add(r["file"].split)
+    assert all(len(splits) == 1 for splits in by_group.values())
+    again = records({"a": [1] * 70 + [5] * 6, "b": [1] * 40})
+    prepare.assign_splits(again, SplitConfig(train=0.7, valid=0.15, test=0.15, seed=1))
+    assert [r["file"].split for r in again] == [r["file"].split for r in recs]
+    other = records({"a": [1] * 70 + [5] * 6, "b": [1] * 40})
+    prepare.assign_splits(other, SplitConfig(train=0.7, valid=0.15, test=0.15, seed=2))
+    assert [r["file"].split for r in other] != [r["file"].split for r in recs]
 
 
 def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monkeypatch):
@@ -82,10 +140,15 @@ def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monk
     (d / "test/normal/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (d / "train/normal/.DS_Store").write_bytes(b"\0\0")
 
-    files, skipped = scan_raw(root)
-    kept, undecodable = prepare.decode_all(files, 32)
+    files, skipped = scan_raw(root, KAGGLE)
+    kept, undecodable = prepare.decode_all(files, tmp_path / "images.npy", size=32,
+                                           dicom_window=(-600, 1500), workers=1)
     dup = prepare.find_duplicates(kept)
-    splits = prepare.build_splits(kept, dup, "oversample")
+    index = prepare.split_index(kept, dup, classes=sorted(KAGGLE), balance="oversample",
+                                size=32, dicom_window=(-600, 1500))
+    for split, data in index.items():
+        write_json(tmp_path / f"{split}.json", data)
+    splits = {s: load_split(s, tmp_path) for s in ("train", "valid", "test")}
     removed = {kept[i]["file"].name: why for i, why in dup["removed"].items()}
 
     assert removed == {
@@ -104,19 +167,21 @@ def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monk
     assert leak_free["test/normal/leak.png"] is False
     assert leak_free["test/adenocarcinoma/a - Copy.png"] != leak_free["test/adenocarcinoma/a.png"]
     assert sum(leak_free.values()) == 4 * 3 + 1
-    assert splits["train"]["images"].shape[1:] == (3, 32, 32)
-    assert splits["train"]["images"].dtype == torch.uint8
+    first = splits["train"]["images"][0]
+    assert first.shape == (3, 32, 32) and first.dtype == torch.uint8
+    source = next(f.path for f in files if f.name == splits["train"]["files"][0])
+    assert torch.equal(first, torch.from_numpy(letterbox(decode_rgb(source), 32)).permute(2, 0, 1))
 
 
 def test_balance_weights():
     labels = torch.tensor([0, 0, 0, 1, 2, 3])
-    sample, per_class = balance_weights(labels, "oversample")
+    sample, per_class = balance_weights(labels, "oversample", 4)
     drawn = torch.zeros(4)
     for c in range(4):
         drawn[c] = sample[labels == c].sum()
     assert torch.allclose(drawn, drawn[0].expand(4))  # every class equally likely
     assert torch.equal(per_class, torch.ones(4))
-    sample, per_class = balance_weights(labels, "class_weights")
+    sample, per_class = balance_weights(labels, "class_weights", 4)
     assert torch.equal(sample, torch.ones(6))
     assert per_class[0] < per_class[1] and torch.isclose(per_class[0] * 3, per_class[1])
-    assert all(torch.equal(w, torch.ones_like(w)) for w in balance_weights(labels, "none"))
+    assert all(torch.equal(w, torch.ones_like(w)) for w in balance_weights(labels, "none", 4))

@@ -25,7 +25,8 @@ def test_stages_read_only_their_own_params():
     assert params["train"] == ["train", "variants.${key}"]
     assert params["evaluate"] == ["train", "variants.${key}"]
     assert params["release"] == ["model", "train", "variants.${model}"]  # the model card's
-    assert params["prepare"] == ["prepare"]
+    assert params["prepare"] == ["prepare", "data.classes", "data.split"]
+    assert "data.split" not in params["download"]
 
 
 def test_every_stage_says_what_it_does():

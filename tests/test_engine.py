@@ -4,10 +4,20 @@ import pytest
 import torch
 from torch import nn
 
+from dataclasses import replace
+
+from src.lib.config import parse_config
 from src.lib.device import grad_scaler
-from src.lib.engine import Batches, TrainingSetup, train_one_epoch
+from src.lib.engine import Batches, Budget, RowCache, TrainingSetup, slot_draws, train_one_epoch
+from src.lib.transforms import model_input
+from tests.conftest import shipped_params
 
 CPU = torch.device("cpu")
+
+
+def variant(name="resnet50_fc", size=8, **train):
+    v = parse_config(shipped_params()).variant(name)
+    return replace(v, image_size=size, train=replace(v.train, **train))
 
 
 def tiny_loss(logits, targets):
@@ -21,11 +31,11 @@ def one_epoch(scaler) -> float:
     head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     before = head[1].weight.detach().clone()
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    batches = Batches(images, torch.arange(16) % 4, arch="resnet50", device=CPU,
-                      dtype=torch.float16)
+    batches = Batches(images, torch.arange(16) % 4, variant(), device=CPU, dtype=torch.float16,
+                      budget=Budget(1))
     setup = TrainingSetup(head=head, prefix=None, batches=batches,
                           optimizer=torch.optim.SGD(head.parameters(), lr=1.0),
-                          criterion=tiny_loss, scaler=scaler)
+                          criterion=tiny_loss, scaler=scaler, budget=Budget(0))
     scores = train_one_epoch(setup, torch.arange(16), 8, device=CPU, dtype=torch.float16,
                              desc="test")
     assert math.isfinite(scores["loss"])
@@ -52,3 +62,68 @@ def test_early_stopping_counts_only_drops_of_at_least_min_delta():
     assert not stopper.improved(0.9990, epoch=3)  # exactly min_delta below is not enough
     assert stopper.should_stop(3) and stopper.best_epoch == 1
     assert stopper.improved(0.5, epoch=4) and not stopper.should_stop(5)
+
+
+class Counted:
+    """A compute function that records which rows it was asked for."""
+
+    def __init__(self, fn):
+        self.fn, self.asked = fn, []
+
+    def __call__(self, idx):
+        self.asked += idx.tolist()
+        return self.fn(idx)
+
+
+@pytest.mark.parametrize("megabytes", [1, 0], ids=["in memory", "on disk"])
+def test_row_cache_computes_each_row_once_when_first_drawn(megabytes):
+    compute = Counted(lambda idx: idx.to(torch.bfloat16)[:, None].expand(-1, 5) / 7)
+    cache = RowCache(100, (5,), torch.bfloat16, compute=compute, budget=Budget(megabytes),
+                     device=CPU)
+    assert cache.in_memory == bool(megabytes)
+    first = cache.get(torch.tensor([3, 9, 3]))
+    second = cache.get(torch.tensor([9, 4]))
+    assert sorted(compute.asked) == [3, 4, 9]  # row 9 was kept, not computed again
+    assert torch.equal(first[1], second[0]) and first.dtype == torch.bfloat16
+    assert torch.equal(second[1], compute.fn(torch.tensor([4]))[0])
+
+
+def prefix_batches(megabytes: int, draws: int, seed: int = 0) -> tuple[Batches, Counted]:
+    """Training batches of a frozen linear prefix over 12 random 8x8 images, 3 views."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    prefix = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
+    batches = Batches(images, torch.arange(12) % 4, variant(augment_views=3, batch_size=4),
+                      device=CPU, dtype=None, budget=Budget(megabytes), prefix=prefix,
+                      train=True, generator=torch.Generator().manual_seed(seed), draws=draws)
+    batches.features.compute = Counted(batches.features.compute)
+    return batches, batches.features.compute
+
+
+def test_prefix_outputs_fit_and_are_drawn_enough_so_all_are_computed_up_front():
+    batches, compute = prefix_batches(megabytes=1, draws=36)
+    assert batches.features.done.all()  # 3 views x 12 images, in a fixed order
+    batches.get(torch.arange(12))
+    assert compute.asked == []
+
+
+@pytest.mark.parametrize("megabytes,draws", [(0, 1000), (1, 10)],
+                         ids=["too big for memory", "more than training draws"])
+def test_otherwise_prefix_outputs_are_computed_when_first_drawn(megabytes, draws):
+    batches, compute = prefix_batches(megabytes, draws)
+    assert not batches.features.done.any()
+    (features,) = batches.get(torch.tensor([5, 7]))
+    assert len(compute.asked) == 2 and {s % 12 for s in compute.asked} == {5, 7}
+    # each is the prefix's output for its image's view, augmented by its own seeded draws
+    slot = torch.tensor(compute.asked[:1])
+    image = batches.frames.get(slot % 12)
+    expected = batches.prefix(model_input(image, "resnet50", draws=slot_draws(0, slot)))
+    got = features[0 if slot.item() % 12 == 5 else 1]
+    assert torch.allclose(got.flatten(), expected.flatten(), atol=1e-6)
+
+
+def test_outputs_computed_when_drawn_do_not_depend_on_the_order_of_draws():
+    a, _ = prefix_batches(megabytes=0, draws=1000)
+    b, _ = prefix_batches(megabytes=1, draws=10)
+    slots = torch.tensor([0, 13, 35, 7])
+    assert torch.equal(a.features.get(slots), b.features.get(slots.flip(0)).flip(0))

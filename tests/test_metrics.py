@@ -6,6 +6,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
+from src.lib.config import STUDY_CLASSES
 from src.lib.explain import grad_cam
 from src.lib.metrics import (
     _scores_from_confusion, bootstrap_ci, confusion, expected_calibration_error, fit_temperature,
@@ -16,7 +17,7 @@ from src.lib.metrics import (
 def test_headline_matches_a_hand_computed_report():
     targets = [0, 0, 1, 1, 2, 3]
     predictions = [0, 1, 1, 1, 2, 2]
-    h = headline(report(targets, predictions))
+    h = headline(report(targets, predictions, STUDY_CLASSES), STUDY_CLASSES)
     assert h["accuracy"] == round(4 / 6, 4)
     # F1 per class: 2/3, 4/5, 2/3, 0
     assert h["f1_per_class"] == {"adenocarcinoma": 0.6667, "large_cell_carcinoma": 0.8,
@@ -28,7 +29,7 @@ def test_headline_matches_a_hand_computed_report():
 def test_scores_from_confusion_agree_with_sklearn():
     rng = np.random.default_rng(1)
     targets, predictions = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
-    acc, macro, weighted = _scores_from_confusion(confusion(targets, predictions))
+    acc, macro, weighted = _scores_from_confusion(confusion(targets, predictions, 4))
     assert acc == pytest.approx(accuracy_score(targets, predictions))
     assert macro == pytest.approx(f1_score(targets, predictions, average="macro"))
     assert weighted == pytest.approx(f1_score(targets, predictions, average="weighted"))
@@ -36,12 +37,12 @@ def test_scores_from_confusion_agree_with_sklearn():
 
 def test_bootstrap_intervals():
     targets = np.repeat(np.arange(4), 25)
-    assert bootstrap_ci(targets, targets) == {"accuracy": (1.0, 1.0), "f1_macro": (1.0, 1.0),
+    assert bootstrap_ci(targets, targets, 4) == {"accuracy": (1.0, 1.0), "f1_macro": (1.0, 1.0),
                                               "f1_weighted": (1.0, 1.0)}
     predictions = targets.copy()
     predictions[::4] = (predictions[::4] + 1) % 4  # 75% right
-    ci = bootstrap_ci(targets, predictions, seed=3)
-    assert ci == bootstrap_ci(targets, predictions, seed=3)  # seeded
+    ci = bootstrap_ci(targets, predictions, 4, seed=3)
+    assert ci == bootstrap_ci(targets, predictions, 4, seed=3)  # seeded
     low, high = ci["accuracy"]
     assert low < 0.75 < high and high - low == pytest.approx(2 * 1.96 * math.sqrt(.75 * .25 / 100),
                                                              abs=0.03)
@@ -74,7 +75,7 @@ def test_mcnemar_p_values_far_below_one_in_a_million_are_not_rounded_to_zero():
 
 def test_split_metrics_give_intervals_as_scalars_that_dvc_displays():
     targets = np.repeat(np.arange(4), 10)
-    m = split_metrics(targets, np.eye(4)[targets], seed=0)
+    m = split_metrics(targets, np.eye(4)[targets], STUDY_CLASSES, seed=0)
     assert m["f1_weighted_ci95_low"] == m["f1_weighted_ci95_high"] == 1.0
     assert not any(isinstance(v, (list, tuple)) for v in m.values())
 

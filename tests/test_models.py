@@ -28,16 +28,16 @@ def variant(name, **train):
 def test_trainable_parameters_match_the_study(name, trainable, total):
     v = variant(name)
     if name == "cnn":  # the study's 224 px input; the shipped 64 px makes the first dense layer smaller
-        assert count_parameters(build_model(v)) == (2_751_428, 2_751_428)
+        assert count_parameters(build_model(v, 4)) == (2_751_428, 2_751_428)
         v = replace(v, image_size=224)
-    assert count_parameters(build_model(v)) == (trainable, total)
+    assert count_parameters(build_model(v, 4)) == (trainable, total)
 
 
 @pytest.mark.parametrize("name, size", [("resnet50_fc", 64), ("resnet50", 64),
                                         ("inception_v3_fc", 299), ("inception_v3", 299)])
 def test_frozen_prefix_then_head_equals_the_whole_network(name, size):
     v = variant(name)
-    model = build_model(v).eval()
+    model = build_model(v, 4).eval()
     prefix, head = split_frozen(model, v)
     assert not any(p.requires_grad for p in prefix.parameters())
     x = torch.randn(2, 3, size, size)
@@ -48,7 +48,7 @@ def test_frozen_prefix_then_head_equals_the_whole_network(name, size):
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_while_training():
-    model = build_model(variant("resnet50"))
+    model = build_model(variant("resnet50"), 4)
     set_train_mode(model)
     assert not model.bn1.training and not model.layer3[0].bn1.training
     assert model.layer4[0].bn1.training and model.training
@@ -59,7 +59,7 @@ def test_frozen_batchnorm_stays_in_eval_mode_while_training():
 
 def test_inception_adds_its_auxiliary_loss_at_weight_0_4():
     v = variant("inception_v3")
-    _, head = split_frozen(build_model(v), v)
+    _, head = split_frozen(build_model(v, 4), v)
     set_train_mode(head)
     features, targets = torch.randn(2, 768, 17, 17), torch.tensor([0, 3])
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def test_missing_imagenet_weights_name_the_file_and_the_way_out(monkeypatch):
         raise OSError("network unreachable")
     monkeypatch.setattr(ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
     with pytest.raises(UserError) as err:
-        build_model(variant("resnet50", weights="imagenet"))
+        build_model(variant("resnet50", weights="imagenet"), 4)
     message = str(err.value)
     assert "resnet50-11ad3fa6.pth" in message and "checkpoints" in message
     assert "train.weights=none" in message
@@ -89,7 +89,7 @@ def test_weights_from_a_local_state_dict_file(tmp_path):
     from torchvision.models import resnet50
     reference = resnet50(weights=None)
     torch.save(reference.state_dict(), tmp_path / "r50.pth")
-    model = build_model(variant("resnet50", weights=str(tmp_path / "r50.pth")))
+    model = build_model(variant("resnet50", weights=str(tmp_path / "r50.pth")), 4)
     assert torch.equal(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
 
 
@@ -99,9 +99,20 @@ def test_cnn_is_the_studys_layer_for_layer():
     block = ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
     expected = block * 2 + (block + ["Dropout2d"]) * 3 + [
         "Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
-    model = build_model(variant("cnn"))
+    model = build_model(variant("cnn"), 4)
     assert [type(m).__name__ for m in model] == expected
     assert [m.out_channels for m in model if isinstance(m, nn.Conv2d)] == [32, 64, 128, 256, 512]
     assert [m.p for m in model if isinstance(m, nn.Dropout2d)] == [0.15, 0.15, 0.15]
     assert [m.p for m in model if type(m) is nn.Dropout] == [0.4, 0.25]
     assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [512, 256, 4]
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet50", "inception_v3"])
+def test_every_head_has_one_output_per_class(name):
+    v = variant(name)
+    model = build_model(v, 3).eval()
+    x = torch.zeros(1, 1 if name == "cnn" else 3, v.image_size, v.image_size)
+    with torch.no_grad():
+        assert model(x).shape == (1, 3)
+    if name == "inception_v3":
+        assert model.AuxLogits.fc.out_features == 3

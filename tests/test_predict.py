@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from src.lib.checkpoint import load_checkpoint, save_checkpoint
-from src.lib.config import CLASSES, parse_config
+from src.lib.config import STUDY_CLASSES, parse_config
 from src.lib.data import decode_rgb, letterbox
 from src.lib.errors import UserError
 from src.lib.models import StudyCNN
@@ -17,6 +17,8 @@ from src.lib.transforms import model_input, preset
 from tests.conftest import ROOT, random_image, shipped_params
 
 PREPARED_SIZE = 96
+PREPARED = {"classes": list(STUDY_CLASSES), "image_size": PREPARED_SIZE,
+            "dicom_window": [-600.0, 1500.0]}  # what `prepare` records with a split
 
 
 def cnn_variant():
@@ -29,7 +31,7 @@ def cnn_variant():
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, cnn_variant(), StudyCNN(64).state_dict(), prepared_size=PREPARED_SIZE)
+    save_checkpoint(path, cnn_variant(), StudyCNN(64).state_dict(), PREPARED)
     return path
 
 
@@ -55,7 +57,7 @@ def test_bad_files_get_one_line_each_and_the_others_are_classified(checkpoint, t
     assert list(out) == files
     for name in ("wide rgba.png", "tall gray.jpg", "sixteen.png"):
         probabilities = out[name]["probabilities"]
-        assert list(probabilities) == list(CLASSES)
+        assert list(probabilities) == list(STUDY_CLASSES)
         assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
         assert out[name]["predicted"] == max(probabilities, key=probabilities.get)
         assert (tmp_path / "cams" / f"{name.rsplit('.', 1)[0]}.png").stat().st_size > 0
@@ -82,8 +84,8 @@ def test_table_output_and_success_status(checkpoint, tmp_path):
     result = predict("a.png", "--model", checkpoint, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     header, line = result.stdout.strip().splitlines()
-    assert header.split("\t") == ["file", *CLASSES, "predicted"]
-    assert line.split("\t")[0] == "a.png" and line.split("\t")[-1] in CLASSES
+    assert header.split("\t") == ["file", *STUDY_CLASSES, "predicted"]
+    assert line.split("\t")[0] == "a.png" and line.split("\t")[-1] in STUDY_CLASSES
 
 
 def test_missing_model_is_one_line(tmp_path):

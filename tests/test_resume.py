@@ -41,7 +41,7 @@ def prepared(tmp_path_factory):
     os.chdir(root)
     try:
         download.fetch(load_config())
-        assert prepare.main() == 0
+        assert prepare.main([]) == 0
     finally:
         os.chdir(cwd)
     return root

@@ -57,7 +57,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from src.lib.checkpoint import save_checkpoint
-from src.lib.config import CLASSES, load_config
+from src.lib.config import load_config
 from src.lib.data import balance_weights, decode_rgb, letterbox, scan_raw
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
 from src.lib.engine import draw_order, train_one_epoch, training_setup
@@ -103,7 +103,8 @@ def timed_epochs(epochs: int, run_epoch) -> list[float]:
 def run_plain(variant, *, epochs: int, draws: int, device, workers: int
               ) -> tuple[float, list[float]]:
     """(setup seconds, seconds per epoch) of the study's loop."""
-    model = build_model(variant).to(device).train()  # frozen BN drifts, as in the study
+    num_classes = len(load_config().data.classes)
+    model = build_model(variant, num_classes).to(device).train()  # frozen BN drifts, as the study
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=variant.train.lr)
     criterion = nn.CrossEntropyLoss()
@@ -122,16 +123,17 @@ def run_pipeline(variant, *, epochs: int, draws: int, device, compiled: bool = F
     """(setup seconds, seconds per epoch) of this project's training step. Setup: what
     `prepare` does once (charged in full to every variant) and the cache of frozen layers."""
     start = time.perf_counter()
-    files = [f for f in scan_raw(RAW_DIR)[0] if f.split == "train"]
-    prepare = load_config().prepare
+    cfg = load_config()
+    classes, prepare = cfg.data.labels, cfg.prepare
+    files = [f for f in scan_raw(RAW_DIR, cfg.data.classes)[0] if f.split == "train"]
     images = torch.stack([
         torch.from_numpy(letterbox(decode_rgb(f.path), prepare.image_size)).permute(2, 0, 1)
         for f in files])
-    labels = torch.tensor([CLASSES.index(f.label) for f in files])
-    sample_weights, class_weights = balance_weights(labels, prepare.balance)
+    labels = torch.tensor([classes.index(f.label) for f in files])
+    sample_weights, class_weights = balance_weights(labels, prepare.balance, len(classes))
     t = variant.train
     dtype = autocast_dtype(t.precision, device)
-    model = build_model(variant).to(device, memory_format=torch.channels_last)
+    model = build_model(variant, len(classes)).to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(t.seed)
     train = {"images": images, "labels": labels, "class_weights": class_weights}
     setup = training_setup(model, variant, train, device=device, dtype=dtype,
@@ -208,10 +210,13 @@ def timed_repro(archive: str, emit) -> None:
 def time_predict(image: Path) -> dict:
     """`predict` with a ResNet-50 checkpoint: seconds to load the model and to classify one
     image (decode, letterbox, frame, forward), best of three, Python and torch start-up aside."""
-    variant = without_download(load_config().variant("resnet50"))
+    cfg = load_config()
+    variant = without_download(cfg.variant("resnet50"))
     path = Path(tempfile.mkdtemp()) / "model.pt"
-    save_checkpoint(path, variant, build_model(variant).state_dict(),
-                    prepared_size=load_config().prepare.image_size)
+    prepared = {"classes": list(cfg.data.labels), "image_size": cfg.prepare.image_size,
+                "dicom_window": [cfg.prepare.dicom_window_center, cfg.prepare.dicom_window_width]}
+    save_checkpoint(path, variant, build_model(variant, len(cfg.data.labels)).state_dict(),
+                    prepared)
     load, classify_one = [], []
     for _ in range(3):
         start = time.perf_counter()
@@ -251,7 +256,7 @@ def speed_table(args, emit) -> None:
     cfg = load_config()
     epochs = 1 if args.quick else args.epochs or cfg.train.max_epochs
     plain_epochs = min(args.plain_epochs, epochs)
-    train_size = sum(f.split == "train" for f in scan_raw(RAW_DIR)[0])
+    train_size = sum(f.split == "train" for f in scan_raw(RAW_DIR, cfg.data.classes)[0])
     emit(f"{machine()}; a training run of {epochs} epoch(s) per variant; the plain loop timed "
          f"over {plain_epochs} of them, {args.plain_workers} DataLoader workers\n")
     emit(markdown_table(["variant", "draws per epoch", "plain img/s (epoch s, min-max)",
@@ -316,7 +321,8 @@ def main() -> None:
                                  workers=args.plain_workers)))
         return
     if args.predict:
-        image = next(f.path for f in scan_raw(RAW_DIR)[0] if f.split == "test")
+        classes = load_config().data.classes
+        image = next(f.path for f in scan_raw(RAW_DIR, classes)[0] if f.split == "test")
         print(f"{machine()}; predict with ResNet-50 on {image.name}: {time_predict(image)}")
         return
     lines = []

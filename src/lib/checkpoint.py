@@ -7,30 +7,31 @@ from pathlib import Path
 
 from torch import nn
 
-from src.lib.config import CLASSES, VariantConfig
+from src.lib.config import VariantConfig
 from src.lib.errors import UserError
 from src.lib.io import torch_load, torch_save
 from src.lib.models import network
 from src.lib.transforms import NORMALIZATION
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the dataset's own classes and the DICOM window
 FIELDS = ("format_version", "state_dict", "variant", "arch", "trainable", "image_size",
-          "prepared_size", "framing", "intensity", "precision", "classes", "mean", "std",
-          "grayscale")
+          "prepared_size", "dicom_window", "framing", "intensity", "precision", "classes", "mean",
+          "std", "grayscale")
 
 
-def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict,
-                    prepared_size: int) -> None:
-    """The weights with the variant's preprocessing: letterbox to `prepared_size` (as
-    `prepare`), frame and resize to `image_size`, normalize; and its precision setting, which
-    the machine that loads it resolves as training did (`auto`: bfloat16 where it is fast)."""
+def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict, train: dict) -> None:
+    """The weights with the labels and preprocessing of the training split `train` (as
+    `prepare` wrote it: DICOM window, letterbox size) and of the variant (frame and resize to
+    `image_size`, normalize), and its precision setting, which the machine that loads it
+    resolves as training did (`auto`: bfloat16 where it is fast)."""
     t = variant.train
     torch_save(path, {"format_version": FORMAT_VERSION, "state_dict": state_dict,
                       "variant": variant.name, "arch": variant.arch,
                       "trainable": variant.trainable, "image_size": variant.image_size,
-                      "prepared_size": prepared_size, "framing": t.framing,
+                      "prepared_size": train["image_size"],
+                      "dicom_window": train["dicom_window"], "framing": t.framing,
                       "intensity": t.intensity, "precision": t.precision,
-                      "classes": list(CLASSES), **NORMALIZATION[variant.arch]})
+                      "classes": train["classes"], **NORMALIZATION[variant.arch]})
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
@@ -47,7 +48,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     if ckpt["format_version"] != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {ckpt['format_version']}, this code reads "
                         f"{FORMAT_VERSION}; retrain it with `dvc repro train@{ckpt['variant']}`")
-    model = network(ckpt["arch"], ckpt["image_size"])
+    model = network(ckpt["arch"], ckpt["image_size"], len(ckpt["classes"]))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -5,7 +5,8 @@ and the allowed values in one line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
@@ -13,7 +14,9 @@ import yaml
 from src.lib.errors import UserError
 from src.lib.paths import PARAMS_FILE
 
-CLASSES = ("adenocarcinoma", "large_cell_carcinoma", "normal", "squamous_cell_carcinoma")
+# The study's four labels; `data.classes` may name others. Labels are sorted, as torchvision's
+# ImageFolder sorts them, so label i is the i-th output of every model.
+STUDY_CLASSES = ("adenocarcinoma", "large_cell_carcinoma", "normal", "squamous_cell_carcinoma")
 SPLITS = ("train", "valid", "test")
 ARCHS = ("cnn", "resnet50", "inception_v3")
 # What each architecture can train: `classifier` (the final layer only), `last_block` (the last
@@ -33,12 +36,29 @@ class DataConfig:
     kaggle_dataset: str
     archive: str
     max_extract_mb: int
+    classes: dict  # label -> tuple of folder-name prefixes
+    split: SplitConfig
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(sorted(self.classes))
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How a folder of class folders without train/valid/test is split."""
+    train: float
+    valid: float
+    test: float
+    seed: int
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     image_size: int
     balance: str
+    dicom_window_center: float
+    dicom_window_width: float
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,7 @@ class TrainConfig:
     framing: str
     intensity: str
     augment: str
+    cache_mb: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ def _check_train(t: TrainConfig, key: str) -> None:
     _at_least(t.patience, 1, f"{key}.patience")
     _at_least(t.min_delta, 0, f"{key}.min_delta")
     _at_least(t.draws_per_epoch, 0, f"{key}.draws_per_epoch")
+    _at_least(t.cache_mb, 0, f"{key}.cache_mb")
     if t.lr <= 0:
         raise ConfigError(f"{key}.lr: {t.lr} must be a positive number (the study used 0.001)")
     _at_least(t.weight_decay, 0, f"{key}.weight_decay")
@@ -174,6 +196,48 @@ def _variant(name: str, raw, train: TrainConfig, prepared_size: int) -> VariantC
     return VariantConfig(name, arch, trainable, size, merged)
 
 
+def folder_key(name: str) -> str:
+    """A folder name as `data.classes` prefixes are matched against it: lower case, with runs
+    of '.', '-' and ' ' read as '_' (Kaggle writes "large.cell.carcinoma" in test and
+    "large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa" in train)."""
+    return re.sub(r"[.\- ]+", "_", name.strip().lower())
+
+
+def _classes(raw) -> dict[str, tuple[str, ...]]:
+    """data.classes: each label -> the folder-name prefixes that mean it (one or a list)."""
+    if not isinstance(raw, dict) or len(raw) < 2:
+        raise ConfigError("data.classes: expected a mapping of at least two labels to the "
+                          "folder-name prefixes that mean them")
+    out, owner = {}, {}
+    for label, prefixes in raw.items():
+        key = f"data.classes.{label}"
+        if not isinstance(label, str) or not re.fullmatch(r"[a-z0-9_]+", label):
+            raise ConfigError(f"{key}: a label is written in lower-case letters, digits and _")
+        prefixes = [prefixes] if isinstance(prefixes, str) else prefixes
+        if not isinstance(prefixes, list) or not prefixes or not all(
+                isinstance(p, str) and folder_key(p) for p in prefixes):
+            raise ConfigError(f"{key}: expected a folder-name prefix or a list of them")
+        out[label] = tuple(folder_key(p) for p in prefixes)
+        for prefix in out[label]:
+            if owner.setdefault(prefix, label) != label:
+                raise ConfigError(f"{key}: prefix '{prefix}' is also listed under "
+                                  f"data.classes.{owner[prefix]}; give it to one label")
+    return out
+
+
+def _split(raw) -> SplitConfig:
+    split = _typed(SplitConfig, raw, "data.split")
+    for name in ("train", "valid", "test"):
+        if not 0 < getattr(split, name) < 1:
+            raise ConfigError(f"data.split.{name}: {getattr(split, name):g} must lie between 0 "
+                              "and 1 (each split needs images)")
+    total = split.train + split.valid + split.test
+    if abs(total - 1) > 1e-6:
+        raise ConfigError(f"data.split: train + valid + test = {total:g}, not 1; adjust the "
+                          "fractions")
+    return split
+
+
 def parse_config(raw) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: expected a mapping at the top level")
@@ -186,7 +250,11 @@ def parse_config(raw) -> Config:
         raise ConfigError("data.archive: empty; with data.source=local set it to the zip or "
                           "folder downloaded from Kaggle")
     _at_least(data.max_extract_mb, 1, "data.max_extract_mb")
+    data = replace(data, classes=_classes(data.classes), split=_split(data.split))
     prepare = _typed(PrepareConfig, raw["prepare"], "prepare")
+    if prepare.dicom_window_width <= 0:
+        raise ConfigError(f"prepare.dicom_window_width: {prepare.dicom_window_width:g} must be "
+                          "positive (the lung window: 1500)")
     _at_least(prepare.image_size, 32, "prepare.image_size")
     _one_of(prepare.balance, ("oversample", "class_weights", "none"), "prepare.balance")
     floor = _typed(FloorConfig, raw["floor"], "floor")

@@ -1,9 +1,9 @@
-"""The dataset on disk: Kaggle's folder layout, class names, decoding, letterboxing, duplicates,
-and the prepared uint8 tensors that training reads."""
+"""The dataset on disk: the raw layouts (Kaggle's splits, or class folders alone), class labels
+from `data.classes`, decoding (PNG, JPEG, DICOM), letterboxing, and the prepared images that
+training reads memory-mapped."""
 from __future__ import annotations
 
 import hashlib
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,80 +12,105 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.lib.config import CLASSES, SPLITS
+from src.lib.config import SPLITS, folder_key
+from src.lib.dicom import read_dicom
 from src.lib.errors import UserError
-from src.lib.io import torch_load
+from src.lib.io import MappedArray, read_json
 from src.lib.paths import PREPARED_DIR
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 MIN_SIDE = 16  # smaller images carry no anatomy; they are skipped and reported
-
-# Kaggle's train and valid folders carry the tumour's ___location and stage
-# ("adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib"), test's do not ("large.cell.carcinoma").
-_CLASS_PREFIXES = {"adenocarcinoma": "adenocarcinoma",
-                   "large_cell_carcinoma": "large_cell_carcinoma",
-                   "squamous_cell_carcinoma": "squamous_cell_carcinoma",
-                   "normal": "normal"}
+IMAGES_FILE = "images.npy"  # prepare's letterboxes, uint8 [files, 3, S, S], one row per file
 
 
-def normalize_class(folder: str) -> str:
-    """Map a class folder name of any split to one of the four labels."""
-    key = re.sub(r"[.\- ]+", "_", folder.strip().lower())
-    for prefix, label in _CLASS_PREFIXES.items():
-        if key == prefix or key.startswith(prefix + "_"):
-            return label
-    raise UserError(f"unknown class folder '{folder}': expected a name starting with "
-                    f"one of {', '.join(_CLASS_PREFIXES)}")
+def label_of(folder: Path, classes: dict) -> str | None:
+    """The label whose `data.classes` prefixes match a class folder's name; None if none does.
+    Kaggle's train and valid folders carry the tumour's ___location and stage
+    ("adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib"), test's do not ("large.cell.carcinoma")."""
+    key = folder_key(folder.name)
+    labels = [label for label, prefixes in classes.items()
+              if any(key == p or key.startswith(p + "_") for p in prefixes)]
+    if len(labels) > 1:
+        raise UserError(f"{folder}: the folder matches data.classes.{labels[0]} and "
+                        f"data.classes.{labels[1]}; make their prefixes tell it apart")
+    return labels[0] if labels else None
 
 
-def find_split_root(root: Path) -> Path:
-    """The folder holding train/, valid/ and test/: Kaggle's zip puts them under Data/."""
+def find_data_root(root: Path, classes: dict) -> tuple[Path, bool]:
+    """(the folder holding the data, whether it is split): the first folder with Kaggle's
+    train/, valid/ and test/ (the zip puts them under Data/), else the first with class
+    folders that `data.classes` names, to be split by `data.split`."""
     root = Path(root)
     candidates = [root] + sorted(p for p in root.rglob("*") if p.is_dir())
     for folder in candidates:
-        if (folder / "train").is_dir():
+        if any((folder / s).is_dir() for s in SPLITS):
             missing = [s for s in SPLITS if not (folder / s).is_dir()]
             if missing:
                 raise UserError(f"{folder}: no '{missing[0]}' split; Kaggle's layout has "
                                 "train/, valid/ and test/ folders")
-            return folder
-    raise UserError(f"{root}: no 'train' split found; expected Kaggle's layout "
-                    "(Data/train, Data/valid, Data/test)")
+            return folder, True
+    for folder in candidates:
+        if any(p.is_dir() and label_of(p, classes) for p in folder.iterdir()):
+            return folder, False
+    raise UserError(f"{root}: neither Kaggle's layout (train/, valid/, test/) nor folders "
+                    f"named as data.classes says ({', '.join(sorted(classes))})")
 
 
 @dataclass
 class RawFile:
-    split: str
+    split: str | None  # None until `prepare` splits data that came without splits
     label: str
     path: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}/{self.path.parent.name}/{self.path.name}"
+    name: str          # relative to the data root, as reports name it
 
 
-def scan_raw(root: Path) -> tuple[list[RawFile], list[dict]]:
-    """List the images per split and class; files that are not images are returned as skipped."""
-    split_root = find_split_root(root)
+def scan_class_folders(folder: Path, classes: dict, split: str | None, files: list,
+                       skipped: list) -> None:
+    """Append the images under `folder`'s class folders; other files are skipped with why."""
+    labels = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        label = label_of(sub, classes)
+        if label is None:
+            raise UserError(f"{sub}: the folder matches no label of data.classes; add a prefix "
+                            "of its name to the label it holds")
+        labels.setdefault(label, sub)
+    missing = [label for label in sorted(classes) if label not in labels]
+    if missing:
+        raise UserError(f"{folder}: no folder matches data.classes.{missing[0]} (prefixes: "
+                        f"{', '.join(classes[missing[0]])}); fix the entry or the folder names")
+    prefix = f"{split}/" if split else ""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        label = label_of(sub, classes)
+        for path in sorted(sub.iterdir()):
+            entry = RawFile(split, label, path, f"{prefix}{sub.name}/{path.name}")
+            if path.is_dir():
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append({"file": entry.name, "reason": "not an image file"})
+            else:
+                files.append(entry)
+
+
+def scan_raw(root: Path, classes: dict) -> tuple[list[RawFile], list[dict]]:
+    """The images per split (or unsplit) and label; files that are not images, as skipped."""
+    data_root, is_split = find_data_root(root, classes)
     files, skipped = [], []
-    for split in SPLITS:
-        folders = [p for p in sorted((split_root / split).iterdir()) if p.is_dir()]
-        labels = {normalize_class(f.name): f for f in folders}
-        missing = [c for c in CLASSES if c not in labels]
-        if missing:
-            raise UserError(f"{split_root / split}: class '{missing[0]}' is missing; "
-                            f"each split needs folders for {', '.join(CLASSES)}")
-        for folder in folders:
-            label = normalize_class(folder.name)
-            for path in sorted(folder.iterdir()):
-                entry = RawFile(split, label, path)
-                if path.is_dir():
-                    continue
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append({"file": entry.name, "reason": "not an image file"})
-                else:
-                    files.append(entry)
+    for split in SPLITS if is_split else (None,):
+        scan_class_folders(data_root / split if split else data_root, classes, split, files,
+                           skipped)
     return files, skipped
+
+
+def decode_image(path: Path, dicom_window: tuple[float, float]) -> Image.Image:
+    """Any PNG, JPEG or DICOM slice (Hounsfield units through `dicom_window`, centre and
+    width) as 8-bit RGB."""
+    if Path(path).suffix.lower() == ".dcm":
+        im = read_dicom(path, *dicom_window).convert("RGB")
+    else:
+        im = decode_rgb(path)
+    if min(im.size) < MIN_SIDE:
+        raise ValueError(f"image is {im.size[0]}x{im.size[1]} pixels, under {MIN_SIDE}")
+    return im
 
 
 def decode_rgb(path: Path) -> Image.Image:
@@ -104,10 +129,7 @@ def decode_rgb(path: Path) -> Image.Image:
             if im.mode in ("RGBA", "LA", "PA"):
                 background = Image.new("RGBA", im.size, (0, 0, 0, 255))
                 im = Image.alpha_composite(background, im.convert("RGBA"))
-            im = im.convert("RGB")
-    if min(im.size) < MIN_SIDE:
-        raise ValueError(f"image is {im.size[0]}x{im.size[1]} pixels, under {MIN_SIDE}")
-    return im
+            return im.convert("RGB")
 
 
 def letterbox(im: Image.Image, size: int) -> np.ndarray:
@@ -127,18 +149,52 @@ def pixel_digest(im: Image.Image) -> str:
     return hashlib.sha256(f"{im.size}".encode() + im.tobytes()).hexdigest()
 
 
+class PreparedImages:
+    """One split's letterboxes, uint8 [N, 3, S, S], read from the memory-mapped images file when
+    indexed: a split of any size costs the memory of the rows asked for."""
+
+    def __init__(self, store: MappedArray, rows):
+        self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def size(self) -> int:
+        return self.store.array.shape[-1]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        return torch.from_numpy(self.store.read(self.rows[index]))
+
+    def chunks(self, size: int = 128):
+        """(start, images) over the split in order."""
+        for start in range(0, len(self), size):
+            yield start, self[start:start + size]
+
+
 def load_split(split: str, prepared_dir: Path = PREPARED_DIR) -> dict:
-    """A prepared split: `images` uint8 [N,3,S,S], `labels` int64 [N], `files`, and extras."""
-    return torch_load(Path(prepared_dir) / f"{split}.pt")
+    """A prepared split: `images` (PreparedImages), `labels` int64 [N], `files`, `classes`,
+    `dicom_window`; train adds `sample_weights` and `class_weights`, test `leak_free`."""
+    meta = read_json(Path(prepared_dir) / f"{split}.json")
+    images = PreparedImages(MappedArray(Path(prepared_dir) / IMAGES_FILE), meta.pop("rows"))
+    out = {"images": images, "labels": torch.tensor(meta.pop("labels"), dtype=torch.int64)}
+    for key, dtype in (("sample_weights", torch.float32), ("class_weights", torch.float32),
+                       ("leak_free", torch.bool)):
+        if key in meta:
+            out[key] = torch.tensor(meta.pop(key), dtype=dtype)
+    return out | meta
 
 
-def balance_weights(labels: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def balance_weights(labels: torch.Tensor, method: str, num_classes: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample draw weights and per-class loss weights for the training split.
     oversample: draw every class equally often (the study's weighted sampler);
     class_weights: draw uniformly, weight the loss by inverse class frequency; none: neither."""
-    counts = torch.bincount(labels, minlength=len(CLASSES)).clamp(min=1).float()
-    inverse = counts.sum() / (len(CLASSES) * counts)
-    ones_s, ones_c = torch.ones(len(labels)), torch.ones(len(CLASSES))
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
+    inverse = counts.sum() / (num_classes * counts)
+    ones_s, ones_c = torch.ones(len(labels)), torch.ones(num_classes)
     if method == "oversample":
         return inverse[labels], ones_c
     if method == "class_weights":

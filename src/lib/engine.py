@@ -3,7 +3,9 @@ validation, early stopping."""
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from src.lib.device import autocast, channels_last, grad_scaler
+from src.lib.io import MappedArray
 from src.lib.models import forward_train, set_train_mode, split_frozen
 from src.lib.transforms import model_input, preset
 
@@ -22,45 +25,146 @@ def scores(targets, predictions, loss: float) -> dict:
             "f1_weighted": f1_score(targets, predictions, average="weighted", zero_division=0)}
 
 
+class Budget:
+    """The memory one training run's caches may hold (`train.cache_mb`), claimed in turn."""
+
+    def __init__(self, megabytes: int):
+        self.left = megabytes * 2**20
+
+    def claim(self, nbytes: int) -> bool:
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+
+class RowCache:
+    """Rows [N, *row_shape] computed by `compute(indices)` on first use and kept for the run:
+    on `device` while the budget allows, else in a memory-mapped file in a temporary folder
+    that goes with the cache."""
+
+    def __init__(self, n: int, row_shape: tuple, dtype: torch.dtype, *, compute, budget: Budget,
+                 device):
+        self.compute, self.dtype, self.device = compute, dtype, device
+        self.done = torch.zeros(n, dtype=torch.bool)
+        self.rows = self.file = None
+        if budget.claim(n * math.prod(row_shape) * dtype.itemsize):
+            self.rows = torch.empty((n, *row_shape), dtype=dtype, device=device)
+        else:
+            self._folder = tempfile.TemporaryDirectory(prefix="chest-ct-cache-")
+            # numpy has no bfloat16: its 16 bits are stored as int16 and viewed back
+            stored = torch.int16 if dtype == torch.bfloat16 else dtype
+            self.file = MappedArray.create(Path(self._folder.name) / "rows.npy", (n, *row_shape),
+                                           torch.empty(0, dtype=stored).numpy().dtype)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.rows is not None
+
+    def put(self, idx: torch.Tensor, values: torch.Tensor) -> None:
+        if self.in_memory:
+            self.rows[idx.to(self.device)] = values.to(self.device, self.dtype)
+        else:
+            values = values.to("cpu", self.dtype)
+            values = values.view(torch.int16) if self.dtype == torch.bfloat16 else values
+            self.file.write(idx.numpy(), values.numpy())
+        self.done[idx] = True
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.cpu()
+        missing = idx[~self.done[idx]].unique()
+        if len(missing):
+            self.put(missing, self.compute(missing))
+        if self.in_memory:
+            return self.rows[idx.to(self.device)]
+        rows = torch.from_numpy(self.file.read(idx.numpy()))
+        return (rows.view(torch.bfloat16) if self.dtype == torch.bfloat16 else rows
+                ).to(self.device)
+
+
+def framed(images: torch.Tensor, variant) -> torch.Tensor:
+    """Prepared letterboxes -> the variant's framing, intensity and image size."""
+    t = variant.train
+    return preset(images, framing=t.framing, intensity=t.intensity, size=variant.image_size)
+
+
+def slot_draws(seed: int, slots: torch.Tensor) -> torch.Tensor:
+    """The augmentation draws of cache slots computed when first drawn: seeded by the run's
+    seed and the slot (image and view), so they do not depend on the order of draws."""
+    return torch.stack([torch.rand(7, generator=torch.Generator().manual_seed(
+        seed * 2**32 + int(slot))) for slot in slots])
+
+
 class Batches:
     """Where a training or validation batch comes from.
 
-    With a frozen prefix: its outputs for `views` augmented copies of every image, computed once
-    in eval mode (so exactly what the full network would compute) and picked from at random each
-    epoch. Without one: the uint8 images, augmented on the fly. `augment` names the strength
-    (transforms.AUGMENT); None leaves the images as they are. Both live on the training device,
-    so a GPU never waits for a host-to-device copy (a few GB at most for these variants)."""
+    Images are framed (transforms.preset) when first drawn and kept. Without a frozen prefix, a
+    batch is these images, augmented on the fly when `train`. With one, a batch is its outputs
+    for one of `train.augment_views` augmented copies of each image (one unaugmented copy for
+    validation), computed in eval mode (so exactly what the full network computes) and kept.
+    While those outputs fit in `budget` and training draws at least as many as there are
+    (`draws`: draws per epoch x epochs), they are computed up front in a fixed order; otherwise
+    each when first drawn, with seeded draws (slot_draws), so the cost follows what training
+    draws, not the dataset's size. What does not fit in memory is kept on disk (RowCache)."""
 
-    def __init__(self, images, labels, *, arch, device, dtype, prefix=None, views=1,
-                 augment=None, generator=None, batch_size=64, desc=""):
-        self.labels, self.arch, self.device, self.generator = labels, arch, device, generator
-        self.augment = augment
+    def __init__(self, images, labels: torch.Tensor, variant, *, device, dtype, budget: Budget,
+                 prefix=None, train: bool = False, generator=None, draws: int = 0,
+                 desc: str = ""):
+        t = variant.train
+        self.labels, self.arch, self.device, self.dtype = labels, variant.arch, device, dtype
+        self.generator, self.seed, self.batch_size = generator, t.seed, t.batch_size
+        self.augment, self.views = (t.augment, t.augment_views) if train else (None, 1)
+        n, size = len(labels), variant.image_size
+        self.frames = RowCache(n, (3, size, size), torch.uint8, budget=budget, device=device,
+                               compute=lambda idx: framed(images[idx], variant))
+        self.prefix = self.features = None
         if prefix is None:
-            self.images, self.features = images.to(device), None
             return
-        prefix.eval()
-        cached = []
-        with torch.no_grad(), autocast(device, dtype):
-            for _ in tqdm(range(views), desc=f"cache {desc}", unit="view", leave=False):
-                view = []
-                for start in range(0, len(images), batch_size):
-                    x = model_input(images[start:start + batch_size].to(device), arch,
-                                    generator if augment else None, augment)
-                    out = prefix(x)
-                    out = out if isinstance(out, tuple) else (out,)
-                    view.append(tuple(o.to(dtype or torch.float32) for o in out))
-                cached.append(tuple(torch.cat(parts) for parts in zip(*view)))
-        # features[k]: [views, N, ...] for the k-th output of the prefix
-        self.features = tuple(torch.stack(parts) for parts in zip(*cached))
+        self.prefix = prefix.eval()
+        shapes = [o.shape[1:] for o in self._run_prefix(torch.zeros(1, 3, size, size,
+                                                                    dtype=torch.uint8))]
+        self.shapes, self.widths = shapes, [math.prod(s) for s in shapes]
+        self.features = RowCache(self.views * n, (sum(self.widths),), dtype or torch.float32,
+                                 budget=budget, device=device, compute=self._features)
+        if self.augment and self.features.in_memory and self.views * n <= draws:
+            self._fill_in_order(desc)
+
+    @torch.no_grad()
+    def _run_prefix(self, images: torch.Tensor, draws=None, generator=None) -> tuple:
+        with autocast(self.device, self.dtype):
+            out = self.prefix(model_input(images.to(self.device), self.arch, generator,
+                                          self.augment, draws))
+        return tuple(o.to(self.dtype or torch.float32) for o in
+                     (out if isinstance(out, tuple) else (out,)))
+
+    def _features(self, slots: torch.Tensor) -> torch.Tensor:
+        """Flat prefix outputs of cache slots (view x N + image), a batch at a time."""
+        n, parts = len(self.labels), []
+        for start in range(0, len(slots), self.batch_size):
+            chunk = slots[start:start + self.batch_size]
+            draws = slot_draws(self.seed, chunk) if self.augment else None
+            out = self._run_prefix(self.frames.get(chunk % n), draws)
+            parts.append(torch.cat([o.flatten(1) for o in out], 1))
+        return torch.cat(parts)
+
+    def _fill_in_order(self, desc: str) -> None:
+        """Every view of every image, view by view, augmented from the run's generator."""
+        n = len(self.labels)
+        for view in tqdm(range(self.views), desc=f"cache {desc}", unit="view", leave=False):
+            for start in range(0, n, self.batch_size):
+                idx = torch.arange(start, min(start + self.batch_size, n))
+                out = self._run_prefix(self.frames.get(idx), generator=self.generator)
+                self.features.put(view * n + idx, torch.cat([o.flatten(1) for o in out], 1))
 
     def get(self, idx: torch.Tensor) -> tuple:
-        idx = idx.to(self.device)
         if self.features is None:
-            return (model_input(self.images[idx], self.arch,
-                                self.generator if self.augment else None, self.augment),)
-        view = torch.randint(len(self.features[0]), (len(idx),), generator=self.generator) \
+            return (model_input(self.frames.get(idx), self.arch, self.generator if self.augment
+                                else None, self.augment),)
+        view = torch.randint(self.views, (len(idx),), generator=self.generator) \
             if self.augment else torch.zeros(len(idx), dtype=torch.long)
-        return tuple(channels_last(f[view.to(self.device), idx].float()) for f in self.features)
+        flat = self.features.get(view * len(self.labels) + idx.cpu()).float()
+        return tuple(channels_last(part.reshape(-1, *shape)) for part, shape in
+                     zip(flat.split(self.widths, 1), self.shapes))
 
 
 @dataclass
@@ -72,31 +176,27 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
     scaler: torch.amp.GradScaler
-
-
-def framed(images: torch.Tensor, variant) -> torch.Tensor:
-    """Prepared letterboxes -> the variant's framing, intensity and image size."""
-    t = variant.train
-    return preset(images, framing=t.framing, intensity=t.intensity, size=variant.image_size)
+    budget: Budget             # what is left of `train.cache_mb` for the validation batches
 
 
 def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
                    generator) -> TrainingSetup:
     """The variant's training step: frozen prefix and trained head, cached training batches,
     Adam with the variant's weight decay (the study's optimizer), class-weighted cross-entropy
-    (`prepare.balance`), loss scaling for float16. `train`: the training split's `images`,
-    `labels` and `class_weights`, as `prepare` stores them."""
+    (`prepare.balance`), loss scaling for float16. `train`: the training split as
+    data.load_split gives it."""
     t = variant.train
     prefix, head = split_frozen(model, variant)
-    batches = Batches(framed(train["images"], variant), train["labels"], arch=variant.arch,
-                      device=device,
-                      dtype=dtype, prefix=prefix, views=t.augment_views, augment=t.augment,
-                      generator=generator, batch_size=t.batch_size, desc="train")
+    budget = Budget(t.cache_mb)
+    draws = (t.draws_per_epoch or len(train["labels"])) * t.max_epochs
+    batches = Batches(train["images"], train["labels"], variant, device=device, dtype=dtype,
+                      budget=budget, prefix=prefix, train=True, generator=generator, draws=draws,
+                      desc="train")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                  weight_decay=t.weight_decay)
     return TrainingSetup(head=head, prefix=prefix, batches=batches, optimizer=optimizer,
                          criterion=nn.CrossEntropyLoss(weight=train["class_weights"].to(device)),
-                         scaler=grad_scaler(device, dtype))
+                         scaler=grad_scaler(device, dtype), budget=budget)
 
 
 def train_one_epoch(setup: TrainingSetup, order: torch.Tensor, batch_size: int, *, device,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from src.lib.checkpoint import load_checkpoint
-from src.lib.data import decode_rgb, letterbox
+from src.lib.data import decode_image, letterbox
 from src.lib.device import autocast, autocast_dtype, pick_device
 from src.lib.explain import cam_layer, grad_cam
 from src.lib.transforms import model_input, preset
@@ -46,7 +46,8 @@ def read_image(clf: Classifier, path: Path) -> torch.Tensor:
     variant's framing. Raises what the decoder raises for a file that is not a usable image."""
     if not Path(path).is_file():
         raise ValueError("no such file")
-    square = torch.from_numpy(letterbox(decode_rgb(path), clf.settings["prepared_size"]))
+    s = clf.settings
+    square = torch.from_numpy(letterbox(decode_image(path, s["dicom_window"]), s["prepared_size"]))
     return frame_prepared(clf, square.permute(2, 0, 1).contiguous()[None])[0]
 
 
@@ -70,3 +71,11 @@ def classify(clf: Classifier, images: torch.Tensor, cam: bool = False
         probabilities = [torch.zeros(0, len(clf.settings["classes"]))]
         heatmaps = [torch.zeros(0, *images.shape[-2:])]
     return torch.cat(probabilities), torch.cat(heatmaps) if cam else None
+
+
+def classify_prepared(clf: Classifier, images) -> torch.Tensor:
+    """Probabilities for a prepared split (data.PreparedImages), read and framed a chunk at a
+    time; chunks are whole batches, so the result equals one `classify` over the split."""
+    parts = [classify(clf, frame_prepared(clf, chunk))[0]
+             for _, chunk in images.chunks(4 * BATCH_SIZE)]
+    return torch.cat(parts) if parts else torch.zeros(0, len(clf.settings["classes"]))

@@ -1,13 +1,16 @@
-"""Files: atomic writes, reads that fail in one line, and the code a module runs."""
+"""Files: atomic writes, reads that fail in one line, memory-mapped arrays, and the code a module
+runs."""
 from __future__ import annotations
 
 import ast
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from src.lib.errors import UserError
@@ -100,3 +103,47 @@ def code_files(module: str, root: Path = Path(".")) -> list[Path]:
                     node.module.split(".")[0] == "src":
                 todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
     return sorted(p.relative_to(root) for p in seen)
+
+
+class MappedArray:
+    """A .npy file, memory-mapped: rows are copied out or in on access, and the mapped pages are
+    then dropped from this process (the OS page cache keeps what it can), so that a file far
+    larger than memory costs the resident memory of one access, not of everything touched."""
+
+    def __init__(self, path: Path, writable: bool = False):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+        with open(self.path, "r+b" if writable else "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if writable
+                                  else mmap.ACCESS_READ)
+        self.array = np.ndarray(shape, dtype, buffer=self._map, offset=offset)
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple, dtype) -> MappedArray:
+        """A new zero-filled file (sparse on disk until written), open for writing."""
+        dtype = np.dtype(dtype)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": tuple(shape)})
+            f.truncate(f.tell() + int(np.prod(shape)) * dtype.itemsize)
+        return cls(path, writable=True)
+
+    def read(self, rows) -> np.ndarray:
+        out = np.array(self.array[rows])
+        self._drop_pages()
+        return out
+
+    def write(self, rows, values) -> None:
+        self.array[rows] = values
+        self._drop_pages()
+
+    def _drop_pages(self) -> None:
+        if hasattr(self._map, "madvise"):  # not on Windows; there the OS trims pages itself
+            self._map.madvise(mmap.MADV_DONTNEED)

@@ -7,35 +7,34 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from src.lib.config import CLASSES
 from src.lib.io import read_json, write_json
 from src.lib.paths import METRICS_DIR, REPORTS_DIR
 
 
-def report(targets, predictions) -> dict:
+def report(targets, predictions, classes: list[str]) -> dict:
     """sklearn's classification report: per class, accuracy, macro and weighted averages."""
-    return classification_report(targets, predictions, labels=list(range(len(CLASSES))),
-                                 target_names=list(CLASSES), output_dict=True, zero_division=0)
+    return classification_report(targets, predictions, labels=list(range(len(classes))),
+                                 target_names=list(classes), output_dict=True, zero_division=0)
 
 
-def report_text(targets, predictions) -> str:
-    return classification_report(targets, predictions, labels=list(range(len(CLASSES))),
-                                 target_names=list(CLASSES), digits=3, zero_division=0)
+def report_text(targets, predictions, classes: list[str]) -> str:
+    return classification_report(targets, predictions, labels=list(range(len(classes))),
+                                 target_names=list(classes), digits=3, zero_division=0)
 
 
-def headline(rep: dict) -> dict:
+def headline(rep: dict, classes: list[str]) -> dict:
     """The few numbers `dvc metrics diff` compares: accuracy, macro and weighted F1, per-class F1."""
     return {"accuracy": round(rep["accuracy"], 4),
             "f1_macro": round(rep["macro avg"]["f1-score"], 4),
             "f1_weighted": round(rep["weighted avg"]["f1-score"], 4),
             "precision_macro": round(rep["macro avg"]["precision"], 4),
             "recall_macro": round(rep["macro avg"]["recall"], 4),
-            "f1_per_class": {c: round(rep[c]["f1-score"], 4) for c in CLASSES},
+            "f1_per_class": {c: round(rep[c]["f1-score"], 4) for c in classes},
             "support": int(rep["macro avg"]["support"])}
 
 
-def confusion(targets, predictions) -> np.ndarray:
-    return confusion_matrix(targets, predictions, labels=list(range(len(CLASSES))))
+def confusion(targets, predictions, num_classes: int) -> np.ndarray:
+    return confusion_matrix(targets, predictions, labels=list(range(num_classes)))
 
 
 def _scores_from_confusion(cm: np.ndarray) -> np.ndarray:
@@ -47,17 +46,17 @@ def _scores_from_confusion(cm: np.ndarray) -> np.ndarray:
     f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
     n = support.sum(-1)
     accuracy = tp.sum(-1) / n
-    macro = f1.mean(-1)  # over all four labels, as `report` asks sklearn for
+    macro = f1.mean(-1)  # over every label, as `report` asks sklearn for
     weighted = (f1 * support).sum(-1) / n
     return np.stack([accuracy, macro, weighted], -1)
 
 
-def bootstrap_ci(targets, predictions, *, resamples: int = 1000, seed: int = 0,
+def bootstrap_ci(targets, predictions, num_classes: int, *, resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
     """Percentile bootstrap intervals for accuracy, macro F1 and weighted F1: the test images
     are resampled with replacement `resamples` times (seeded, so reproducible)."""
     targets, predictions = np.asarray(targets), np.asarray(predictions)
-    k = len(CLASSES)
+    k = num_classes
     idx = np.random.default_rng(seed).integers(0, len(targets), (resamples, len(targets)))
     codes = targets[idx] * k + predictions[idx]
     cms = np.stack([np.bincount(row, minlength=k * k) for row in codes]).reshape(-1, k, k)
@@ -115,12 +114,13 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 20
     return float(log_t.detach().exp().clamp(0.05, 20))
 
 
-def split_metrics(targets, probabilities, seed: int, scaled=None) -> dict:
+def split_metrics(targets, probabilities, classes: list[str], seed: int, scaled=None) -> dict:
     """Everything reported for one set of test images: the headline scores with bootstrap 95%
     intervals, and the calibration error (also after temperature scaling, when given)."""
     predictions = np.asarray(probabilities).argmax(1)
-    out = headline(report(targets, predictions))
-    for score, (low, high) in bootstrap_ci(targets, predictions, seed=seed).items():
+    out = headline(report(targets, predictions, classes), classes)
+    for score, (low, high) in bootstrap_ci(targets, predictions, len(classes),
+                                           seed=seed).items():
         # scalars, not a list: `dvc metrics show` and `dvc exp show` display only scalars
         out[f"{score}_ci95_low"], out[f"{score}_ci95_high"] = low, high
     out["ece"] = expected_calibration_error(probabilities, targets)["ece"]
@@ -129,13 +129,14 @@ def split_metrics(targets, probabilities, seed: int, scaled=None) -> dict:
     return out
 
 
-def test_metrics(targets, probabilities, leak_free, *, seed: int, scaled=None) -> dict:
+def test_metrics(targets, probabilities, leak_free, classes: list[str], *, seed: int,
+                 scaled=None) -> dict:
     """split_metrics on the official test split and on its leak-free part."""
     targets, probabilities = np.asarray(targets), np.asarray(probabilities)
     part = (lambda a: None if a is None else np.asarray(a)[leak_free])
-    return {"test": split_metrics(targets, probabilities, seed, scaled),
-            "test_leak_free": split_metrics(targets[leak_free], probabilities[leak_free], seed,
-                                            part(scaled))}
+    return {"test": split_metrics(targets, probabilities, classes, seed, scaled),
+            "test_leak_free": split_metrics(targets[leak_free], probabilities[leak_free], classes,
+                                            seed, part(scaled))}
 
 
 def with_interval(m: dict, score: str) -> str:
@@ -152,9 +153,10 @@ def write_predictions(name: str, test: dict, probabilities: np.ndarray) -> None:
     """reports/<name>/predictions.json: per test image, the true and predicted labels and every
     class's probability; `compare` pairs them across variants and `dvc plots` draws the
     confusion matrix from them."""
+    classes = test["classes"]
     write_json(REPORTS_DIR / name / "predictions.json", [
-        {"file": f, "actual": CLASSES[y], "predicted": CLASSES[int(p.argmax())],
-         "leak_free": bool(lf), "probabilities": dict(zip(CLASSES, np.round(p, 6).tolist()))}
+        {"file": f, "actual": classes[y], "predicted": classes[int(p.argmax())],
+         "leak_free": bool(lf), "probabilities": dict(zip(classes, np.round(p, 6).tolist()))}
         for f, y, lf, p in zip(test["files"], test["labels"].tolist(),
                                test["leak_free"].tolist(), probabilities)])
 
@@ -162,8 +164,9 @@ def write_predictions(name: str, test: dict, probabilities: np.ndarray) -> None:
 def read_predictions(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True and predicted classes of the test images, in test order, and the leak-free mask."""
     rows = read_json(REPORTS_DIR / name / "predictions.json")
-    return (np.array([CLASSES.index(r["actual"]) for r in rows]),
-            np.array([CLASSES.index(r["predicted"]) for r in rows]),
+    classes = list(rows[0]["probabilities"]) if rows else []
+    return (np.array([classes.index(r["actual"]) for r in rows]),
+            np.array([classes.index(r["predicted"]) for r in rows]),
             np.array([r["leak_free"] for r in rows], dtype=bool))
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from src.lib.config import CLASSES, VariantConfig
+from src.lib.config import VariantConfig
 from src.lib.errors import UserError
 
 TORCHVISION_WEIGHTS = {"resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
@@ -21,7 +21,7 @@ class StudyCNN(nn.Sequential):
     (32 to 512 channels) on grayscale input, Dropout2d(0.15) after blocks 3, 4 and 5, then dense
     layers of 512 and 256 units with Dropout 0.4 and 0.25. 14,547,908 parameters at 224x224."""
 
-    def __init__(self, image_size: int = 224, num_classes: int = len(CLASSES)):
+    def __init__(self, image_size: int = 224, num_classes: int = 4):
         layers, channels = [], 1
         for block, width in enumerate((32, 64, 128, 256, 512), start=1):
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width),
@@ -57,10 +57,11 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
                         "or set train.weights=none") from None
 
 
-def network(arch: str, image_size: int, imagenet_state: dict | None = None) -> nn.Module:
-    """The architecture with 4 outputs; ImageNet weights loaded first when given."""
+def network(arch: str, image_size: int, num_classes: int,
+            imagenet_state: dict | None = None) -> nn.Module:
+    """The architecture with one output per class; ImageNet weights loaded first when given."""
     if arch == "cnn":
-        return StudyCNN(image_size)
+        return StudyCNN(image_size, num_classes)
     if arch == "resnet50":
         model = tvm.resnet50(weights=None)
     else:
@@ -73,18 +74,18 @@ def network(arch: str, image_size: int, imagenet_state: dict | None = None) -> n
         except RuntimeError as e:
             raise UserError(f"train.weights: the file does not hold torchvision's {arch} "
                             f"ImageNet state dict ({str(e).splitlines()[0]})") from None
-    model.fc = nn.Linear(model.fc.in_features, len(CLASSES))
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
     if arch == "inception_v3":
-        model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, len(CLASSES))
+        model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
     return model
 
 
-def build_model(variant: VariantConfig) -> nn.Module:
+def build_model(variant: VariantConfig, num_classes: int) -> nn.Module:
     """The variant's network, ready to train: pretrained weights per `train.weights` (the CNN
     always starts from scratch) and requires_grad set on what it trains."""
     state = None if variant.arch == "cnn" else _imagenet_state_dict(variant.arch,
                                                                     variant.train.weights)
-    model = network(variant.arch, variant.image_size, state)
+    model = network(variant.arch, variant.image_size, num_classes, state)
     for p in model.parameters():
         p.requires_grad = False
     for module in trainable_modules(model, variant):

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src.lib.config import CLASSES, SPLITS  # noqa: E402
+from src.lib.config import SPLITS  # noqa: E402
 from src.lib.io import atomic_write  # noqa: E402
 
 
@@ -19,24 +19,27 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def class_distribution(counts: dict, path: Path) -> None:
+def class_distribution(counts: dict, classes: list[str], path: Path) -> None:
     """counts[stage][split][class] -> grouped bars, one panel per split, before and after."""
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(4 * len(SPLITS), 3.5), sharey=False)
-    x = np.arange(len(CLASSES))
+    x = np.arange(len(classes))
     for ax, split in zip(axes, SPLITS):
         for i, stage in enumerate(counts):
-            ax.bar(x + (i - 0.5) * 0.4, [counts[stage][split].get(c, 0) for c in CLASSES], 0.4,
+            ax.bar(x + (i - 0.5) * 0.4, [counts[stage][split].get(c, 0) for c in classes], 0.4,
                    label=stage)
         ax.set_title(split)
-        ax.set_xticks(x, [c.replace("_", "\n") for c in CLASSES], fontsize=7)
+        ax.set_xticks(x, [c.replace("_", "\n") for c in classes], fontsize=7)
     axes[0].set_ylabel("images")
     axes[0].legend()
     _save(fig, path)
 
 
-def sample_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 6) -> None:
-    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(1.6 * per_class, 1.7 * len(CLASSES)))
-    for row, name in enumerate(CLASSES):
+def sample_grid(images, labels: torch.Tensor, classes: list[str], path: Path,
+                per_class: int = 6) -> None:
+    """The first `per_class` training images of each class; `images` indexable like a tensor."""
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.6 * per_class, 1.7 * len(classes)),
+                             squeeze=False)
+    for row, name in enumerate(classes):
         idx = (labels == row).nonzero().flatten()[:per_class]
         for col in range(per_class):
             ax = axes[row, col]
@@ -47,22 +50,34 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_clas
     _save(fig, path)
 
 
-def intensity_histograms(splits: dict, path: Path) -> None:
+def gray_histograms(images, labels: torch.Tensor, num_classes: int, bins: np.ndarray
+                    ) -> np.ndarray:
+    """Per class, the counts of the non-padding grayscale pixels in `bins`, read a chunk of
+    images at a time (`images.chunks`), so the split's size does not matter."""
+    counts = np.zeros((num_classes, len(bins) - 1))
+    for start, chunk in images.chunks():
+        gray = chunk.float().mean(1).flatten(1)
+        for c in range(num_classes):
+            values = gray[labels[start:start + len(chunk)] == c].flatten()
+            counts[c] += np.histogram(values[values > 0].numpy(), bins=bins)[0]
+    return counts
+
+
+def intensity_histograms(splits: dict, classes: list[str], path: Path) -> None:
     """Grayscale histogram of the non-padding pixels per class, one line per split: the test
     split's carcinomas are darker than train's and valid's."""
-    fig, axes = plt.subplots(1, len(CLASSES), figsize=(4 * len(CLASSES), 3), sharey=True)
-    for ax, (c, name) in zip(axes, enumerate(CLASSES)):
-        for split, data in splits.items():
-            images = data["images"][data["labels"] == c]
-            if len(images) == 0:
-                continue
-            gray = images.float().mean(1).flatten()
-            gray = gray[gray > 0]
-            ax.hist(gray.numpy(), bins=64, range=(1, 255), density=True, histtype="step",
-                    label=split)
+    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3), sharey=True,
+                             squeeze=False)
+    bins = np.linspace(1, 255, 65)
+    for split, data in splits.items():
+        counts = gray_histograms(data["images"], data["labels"], len(classes), bins)
+        for ax, class_counts in zip(axes[0], counts):
+            if class_counts.sum():
+                ax.stairs(class_counts / class_counts.sum() / np.diff(bins), bins, label=split)
+    for ax, name in zip(axes[0], classes):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("pixel value")
-    axes[0].legend()
+    axes[0, 0].legend()
     _save(fig, path)
 
 
@@ -75,16 +90,16 @@ def image_row(images: torch.Tensor, titles: list[str], path: Path) -> None:
     _save(fig, path)
 
 
-def confusion_matrix(matrix: np.ndarray, title: str, path: Path) -> None:
+def confusion_matrix(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.imshow(matrix, cmap="Blues")
-    for i in range(len(CLASSES)):
-        for j in range(len(CLASSES)):
+    for i in range(len(classes)):
+        for j in range(len(classes)):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    short = [c.replace("_carcinoma", "").replace("_", " ") for c in CLASSES]
-    ax.set_xticks(range(len(CLASSES)), short, rotation=30)
-    ax.set_yticks(range(len(CLASSES)), short)
+    short = [c.replace("_carcinoma", "").replace("_", " ") for c in classes]
+    ax.set_xticks(range(len(classes)), short, rotation=30)
+    ax.set_yticks(range(len(classes)), short)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
