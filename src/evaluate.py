@@ -21,7 +21,7 @@ from src.lib.config import load_config
 from src.lib.data import load_split
 from src.lib.device import environment
 from src.lib.errors import command
-from src.lib.inference import classify, classify_prepared, frame_prepared, load_classifier
+from src.lib.inference import classify, classify_prepared, framing, load_classifier
 from src.lib.io import read_json, write_json, write_text
 from src.lib.metrics import (
     confusion, expected_calibration_error, fit_temperature, report, report_text, test_metrics,
@@ -80,7 +80,7 @@ def evaluate_variant(name: str) -> dict:
                               temperature=temperature, title=f"{name}: test calibration",
                               path=out / "images/reliability.png")
     chosen = cam_examples(targets, predictions, len(classes))
-    write_cams(clf, frame_prepared(clf, test["images"][chosen]), targets[chosen],
+    write_cams(clf, test["images"].framed(chosen, **framing(clf)), targets[chosen],
                out / "images/gradcam.png")
 
     metrics = test_metrics(targets, probabilities, leak_free, classes, seed=variant.train.seed,

@@ -27,6 +27,15 @@ def random_image(seed: int, size=(48, 40)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
 
 
+def prepared_images(images, folder: Path):
+    """uint8 images [N,3,S,S] as `prepare` stores them: rows of a memory-mapped images file."""
+    from src.lib.data import IMAGES_FILE, PreparedImages
+    from src.lib.io import MappedArray
+    store = MappedArray.create(folder / IMAGES_FILE, tuple(images.shape), np.uint8)
+    store.write(slice(None), images.numpy())
+    return PreparedImages(store, np.arange(len(images)))
+
+
 def make_dataset(root: Path, per_class: int = 2, seed: int = 0) -> Path:
     """A tiny dataset in Kaggle's layout (Data/train|valid|test/<class folder>/*.png)."""
     for s, split in enumerate(("train", "valid", "test")):

@@ -1,4 +1,5 @@
 from collections import Counter, defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,11 +10,15 @@ from PIL import Image
 from src import prepare
 from src.lib.config import STUDY_CLASSES, SplitConfig, parse_config
 from src.lib.data import (
-    balance_weights, decode_rgb, find_data_root, label_of, letterbox, load_split, scan_raw
+    PreparedImages, balance_weights, decode_rgb, find_data_root, label_of, letterbox, load_split,
+    scan_raw
 )
 from src.lib.errors import UserError
-from src.lib.io import write_json
-from tests.conftest import LONG_NAMES, SHORT_NAMES, make_dataset, random_image, shipped_params
+from src.lib.io import MappedArray, write_json
+from src.lib.transforms import preset
+from tests.conftest import (
+    LONG_NAMES, SHORT_NAMES, make_dataset, prepared_images, random_image, shipped_params
+)
 
 KAGGLE = parse_config(shipped_params()).data.classes  # the default `data.classes`
 
@@ -185,3 +190,31 @@ def test_balance_weights():
     assert torch.equal(sample, torch.ones(6))
     assert per_class[0] < per_class[1] and torch.isclose(per_class[0] * 3, per_class[1])
     assert all(torch.equal(w, torch.ones_like(w)) for w in balance_weights(labels, "none", 4))
+
+
+def resident_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_reading_a_mapped_split_costs_the_memory_of_a_chunk_not_of_the_file(tmp_path):
+    store = MappedArray.create(tmp_path / "images.npy", (400, 3, 128, 128), np.uint8)  # 19 MB
+    for start in range(0, 400, 50):
+        store.write(slice(start, start + 50), np.full((50, 3, 128, 128), start // 50, np.uint8))
+    images = PreparedImages(MappedArray(tmp_path / "images.npy"), np.arange(399, -1, -1))
+    before, seen = resident_mb(), []
+    for _, chunk in images.chunks(20):  # 1 MB each
+        seen.append(int(chunk[:, 0, 0, 0].sum()))
+    assert resident_mb() - before < 8  # the 19 MB read are not kept resident
+    assert sum(seen) == sum(50 * k for k in range(8)) and images[0][0, 0, 0] == 7  # rows reversed
+
+
+def test_framing_many_images_in_parallel_gives_what_one_process_gives(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 120, (20, 1, 64, 64), dtype=np.uint8).repeat(3, 1)
+    gray[:, :, 10:50, 12:56] += 100  # a bright body in each
+    images = prepared_images(torch.from_numpy(gray), tmp_path)
+    settings = {"framing": "body", "intensity": "window", "size": 32}
+    rows = np.arange(19, -1, -1)
+    assert torch.equal(images.framed(rows, **settings), preset(images[rows], **settings))

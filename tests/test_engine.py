@@ -10,7 +10,7 @@ from src.lib.config import parse_config
 from src.lib.device import grad_scaler
 from src.lib.engine import Batches, Budget, RowCache, TrainingSetup, slot_draws, train_one_epoch
 from src.lib.transforms import model_input
-from tests.conftest import shipped_params
+from tests.conftest import prepared_images, shipped_params
 
 CPU = torch.device("cpu")
 
@@ -25,14 +25,14 @@ def tiny_loss(logits, targets):
     return 1e-8 * nn.functional.cross_entropy(logits, targets)
 
 
-def one_epoch(scaler) -> float:
+def one_epoch(scaler, folder) -> float:
     """How far one float16-autocast epoch moves a linear classifier's weights."""
     torch.manual_seed(0)
     head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     before = head[1].weight.detach().clone()
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    batches = Batches(images, torch.arange(16) % 4, variant(), device=CPU, dtype=torch.float16,
-                      budget=Budget(1))
+    batches = Batches(prepared_images(images, folder), torch.arange(16) % 4, variant(),
+                      device=CPU, dtype=torch.float16, budget=Budget(1))
     setup = TrainingSetup(head=head, prefix=None, batches=batches,
                           optimizer=torch.optim.SGD(head.parameters(), lr=1.0),
                           criterion=tiny_loss, scaler=scaler, budget=Budget(0))
@@ -42,10 +42,10 @@ def one_epoch(scaler) -> float:
     return (head[1].weight.detach() - before).abs().max().item()
 
 
-def test_float16_autocast_scales_the_loss_so_small_gradients_still_train():
-    assert one_epoch(torch.amp.GradScaler("cpu", enabled=False)) == 0  # flushed to zero
+def test_float16_autocast_scales_the_loss_so_small_gradients_still_train(tmp_path):
+    assert one_epoch(torch.amp.GradScaler("cpu", enabled=False), tmp_path / "a") == 0  # flushed
     assert grad_scaler(CPU, torch.float16).is_enabled()
-    assert one_epoch(grad_scaler(CPU, torch.float16)) > 0
+    assert one_epoch(grad_scaler(CPU, torch.float16), tmp_path / "b") > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, None])
@@ -88,20 +88,20 @@ def test_row_cache_computes_each_row_once_when_first_drawn(megabytes):
     assert torch.equal(second[1], compute.fn(torch.tensor([4]))[0])
 
 
-def prefix_batches(megabytes: int, draws: int, seed: int = 0) -> tuple[Batches, Counted]:
+def prefix_batches(folder, megabytes: int, draws: int) -> tuple[Batches, Counted]:
     """Training batches of a frozen linear prefix over 12 random 8x8 images, 3 views."""
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    images = prepared_images(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8), folder)
     prefix = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
     batches = Batches(images, torch.arange(12) % 4, variant(augment_views=3, batch_size=4),
                       device=CPU, dtype=None, budget=Budget(megabytes), prefix=prefix,
-                      train=True, generator=torch.Generator().manual_seed(seed), draws=draws)
+                      train=True, generator=torch.Generator().manual_seed(0), draws=draws)
     batches.features.compute = Counted(batches.features.compute)
     return batches, batches.features.compute
 
 
-def test_prefix_outputs_fit_and_are_drawn_enough_so_all_are_computed_up_front():
-    batches, compute = prefix_batches(megabytes=1, draws=36)
+def test_prefix_outputs_fit_and_are_drawn_enough_so_all_are_computed_up_front(tmp_path):
+    batches, compute = prefix_batches(tmp_path, megabytes=1, draws=36)
     assert batches.features.done.all()  # 3 views x 12 images, in a fixed order
     batches.get(torch.arange(12))
     assert compute.asked == []
@@ -109,8 +109,8 @@ def test_prefix_outputs_fit_and_are_drawn_enough_so_all_are_computed_up_front():
 
 @pytest.mark.parametrize("megabytes,draws", [(0, 1000), (1, 10)],
                          ids=["too big for memory", "more than training draws"])
-def test_otherwise_prefix_outputs_are_computed_when_first_drawn(megabytes, draws):
-    batches, compute = prefix_batches(megabytes, draws)
+def test_otherwise_prefix_outputs_are_computed_when_first_drawn(tmp_path, megabytes, draws):
+    batches, compute = prefix_batches(tmp_path, megabytes, draws)
     assert not batches.features.done.any()
     (features,) = batches.get(torch.tensor([5, 7]))
     assert len(compute.asked) == 2 and {s % 12 for s in compute.asked} == {5, 7}
@@ -122,8 +122,8 @@ def test_otherwise_prefix_outputs_are_computed_when_first_drawn(megabytes, draws
     assert torch.allclose(got.flatten(), expected.flatten(), atol=1e-6)
 
 
-def test_outputs_computed_when_drawn_do_not_depend_on_the_order_of_draws():
-    a, _ = prefix_batches(megabytes=0, draws=1000)
-    b, _ = prefix_batches(megabytes=1, draws=10)
+def test_outputs_computed_when_drawn_do_not_depend_on_the_order_of_draws(tmp_path):
+    a, _ = prefix_batches(tmp_path / "a", megabytes=0, draws=1000)
+    b, _ = prefix_batches(tmp_path / "b", megabytes=1, draws=10)
     slots = torch.tensor([0, 13, 35, 7])
     assert torch.equal(a.features.get(slots), b.features.get(slots.flip(0)).flip(0))

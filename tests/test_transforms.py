@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from src.lib.transforms import augment, body_mask, frame
+from src.lib.transforms import BODY_THRESHOLD, augment, body_mask, frame
 
 
 def slice_with_table_and_label(size=96) -> torch.Tensor:
@@ -27,6 +28,27 @@ def test_body_mask_is_the_body_with_lungs_but_not_table_or_label():
     rows, cols = np.nonzero(mask)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == pytest.approx((25, 65, 10, 70),
                                                                             abs=2)
+
+
+def scipy_body_mask(gray: np.ndarray) -> np.ndarray:
+    """body_mask as scipy's morphology says it: the definition the fast version must match."""
+    bright = ndimage.binary_opening(gray > BODY_THRESHOLD, iterations=2)
+    regions, count = ndimage.label(bright)
+    if count == 0:
+        return np.ones_like(bright)
+    sizes = ndimage.sum(bright, regions, range(1, count + 1))
+    return ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
+
+
+def test_body_mask_equals_scipys_opening_label_and_fill_holes():
+    rng = np.random.default_rng(0)
+    slices = [slice_with_table_and_label()[0].numpy(), np.zeros((40, 40), np.uint8),
+              np.full((40, 40), 200, np.uint8)]
+    for _ in range(40):  # blobs with holes, touching the border or not, and noise
+        gray = ndimage.gaussian_filter(rng.normal(25, 40, (80, 100)), rng.uniform(1, 4))
+        slices.append(np.clip(gray, 0, 255).astype(np.uint8))
+    for gray in slices:
+        assert np.array_equal(body_mask(gray), scipy_body_mask(gray))
 
 
 def test_body_framing_fills_the_square_and_window_stretches_gray_levels():

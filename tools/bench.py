@@ -49,6 +49,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -58,12 +59,14 @@ from torchvision import transforms as T
 
 from src.lib.checkpoint import save_checkpoint
 from src.lib.config import load_config
-from src.lib.data import balance_weights, decode_rgb, letterbox, scan_raw
+from src.lib.data import (
+    IMAGES_FILE, PreparedImages, balance_weights, decode_rgb, letterbox, scan_raw
+)
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
 from src.lib.engine import draw_order, train_one_epoch, training_setup
 from src.lib.errors import UserError, command
 from src.lib.inference import classify, load_classifier, read_image
-from src.lib.io import markdown_row, markdown_table, write_text
+from src.lib.io import MappedArray, markdown_row, markdown_table, write_text
 from src.lib.models import build_model, forward_train
 from src.lib.paths import RAW_DIR
 from src.lib.transforms import NORMALIZATION
@@ -126,9 +129,12 @@ def run_pipeline(variant, *, epochs: int, draws: int, device, compiled: bool = F
     cfg = load_config()
     classes, prepare = cfg.data.labels, cfg.prepare
     files = [f for f in scan_raw(RAW_DIR, cfg.data.classes)[0] if f.split == "train"]
-    images = torch.stack([
-        torch.from_numpy(letterbox(decode_rgb(f.path), prepare.image_size)).permute(2, 0, 1)
-        for f in files])
+    size = prepare.image_size
+    store = MappedArray.create(Path(tempfile.mkdtemp()) / IMAGES_FILE, (len(files), 3, size, size),
+                               np.uint8)  # as `prepare` writes them
+    for row, f in enumerate(files):
+        store.write(row, letterbox(decode_rgb(f.path), size).transpose(2, 0, 1))
+    images = PreparedImages(store, np.arange(len(files)))
     labels = torch.tensor([classes.index(f.label) for f in files])
     sample_weights, class_weights = balance_weights(labels, prepare.balance, len(classes))
     t = variant.train

@@ -3,7 +3,11 @@ from `data.classes`, decoding (PNG, JPEG, DICOM), letterboxing, and the prepared
 training reads memory-mapped."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
+import os
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ from src.lib.dicom import read_dicom
 from src.lib.errors import UserError
 from src.lib.io import MappedArray, read_json
 from src.lib.paths import PREPARED_DIR
+from src.lib.transforms import per_image, preset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 MIN_SIDE = 16  # smaller images carry no anatomy; they are skipped and reported
@@ -149,6 +154,33 @@ def pixel_digest(im: Image.Image) -> str:
     return hashlib.sha256(f"{im.size}".encode() + im.tobytes()).hexdigest()
 
 
+PARALLEL_FRAMING = 8  # fewer images are framed in this process: a round trip costs more
+_worker_stores = {}   # in each framing process: the images files it has open
+
+
+def _start_framing_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent stops the pool on Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and the parent's handler is for the parent
+    torch.set_num_threads(1)                       # one process per core already
+
+
+@functools.cache
+def framing_pool():
+    """One process per core for framing many images: each image is independent and framing is
+    single-threaded numpy. None on one core. Closed when the program exits."""
+    cores = os.cpu_count() or 1
+    return multiprocessing.Pool(cores, initializer=_start_framing_worker) if cores > 1 else None
+
+
+def _frame_rows(job) -> np.ndarray:
+    """In a framing process: read rows of an images file itself (so that only the small framed
+    images travel between processes) and frame them."""
+    path, version, rows, settings = job
+    if _worker_stores.get(path, (None,))[0] != version:  # a new `prepare` wrote the file
+        _worker_stores[path] = version, MappedArray(path)
+    return preset(torch.from_numpy(_worker_stores[path][1].read(rows)), **settings).numpy()
+
+
 class PreparedImages:
     """One split's letterboxes, uint8 [N, 3, S, S], read from the memory-mapped images file when
     indexed: a split of any size costs the memory of the rows asked for."""
@@ -172,6 +204,19 @@ class PreparedImages:
         """(start, images) over the split in order."""
         for start in range(0, len(self), size):
             yield start, self[start:start + size]
+
+    def framed(self, index, *, framing: str, intensity: str, size: int) -> torch.Tensor:
+        """The images at `index` as transforms.preset frames them; many at once in parallel."""
+        settings = {"framing": framing, "intensity": intensity, "size": size}
+        rows = self.rows[index.cpu().numpy() if isinstance(index, torch.Tensor) else index]
+        pool = framing_pool() if per_image(framing, intensity) and \
+            np.size(rows) >= PARALLEL_FRAMING else None
+        if pool is None:
+            return preset(torch.from_numpy(self.store.read(rows)), **settings)
+        stat = self.store.path.stat()
+        jobs = [(str(self.store.path), (stat.st_ino, stat.st_mtime_ns), part, settings)
+                for part in np.array_split(rows, os.cpu_count())]  # one job per process
+        return torch.from_numpy(np.concatenate(pool.map(_frame_rows, jobs)))
 
 
 def load_split(split: str, prepared_dir: Path = PREPARED_DIR) -> dict:

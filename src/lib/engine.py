@@ -16,7 +16,7 @@ from tqdm import tqdm
 from src.lib.device import autocast, channels_last, grad_scaler
 from src.lib.io import MappedArray
 from src.lib.models import forward_train, set_train_mode, split_frozen
-from src.lib.transforms import model_input, preset
+from src.lib.transforms import model_input
 
 
 def scores(targets, predictions, loss: float) -> dict:
@@ -82,12 +82,6 @@ class RowCache:
                 ).to(self.device)
 
 
-def framed(images: torch.Tensor, variant) -> torch.Tensor:
-    """Prepared letterboxes -> the variant's framing, intensity and image size."""
-    t = variant.train
-    return preset(images, framing=t.framing, intensity=t.intensity, size=variant.image_size)
-
-
 def slot_draws(seed: int, slots: torch.Tensor) -> torch.Tensor:
     """The augmentation draws of cache slots computed when first drawn: seeded by the run's
     seed and the slot (image and view), so they do not depend on the order of draws."""
@@ -98,7 +92,7 @@ def slot_draws(seed: int, slots: torch.Tensor) -> torch.Tensor:
 class Batches:
     """Where a training or validation batch comes from.
 
-    Images are framed (transforms.preset) when first drawn and kept. Without a frozen prefix, a
+    `images`: data.PreparedImages. They are framed (transforms.preset) when first drawn and kept. Without a frozen prefix, a
     batch is these images, augmented on the fly when `train`. With one, a batch is its outputs
     for one of `train.augment_views` augmented copies of each image (one unaugmented copy for
     validation), computed in eval mode (so exactly what the full network computes) and kept.
@@ -115,8 +109,9 @@ class Batches:
         self.generator, self.seed, self.batch_size = generator, t.seed, t.batch_size
         self.augment, self.views = (t.augment, t.augment_views) if train else (None, 1)
         n, size = len(labels), variant.image_size
+        framing = {"framing": t.framing, "intensity": t.intensity, "size": size}
         self.frames = RowCache(n, (3, size, size), torch.uint8, budget=budget, device=device,
-                               compute=lambda idx: framed(images[idx], variant))
+                               compute=lambda idx: images.framed(idx, **framing))
         self.prefix = self.features = None
         if prefix is None:
             return

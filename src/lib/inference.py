@@ -35,10 +35,10 @@ def load_classifier(path: Path, device: str = "auto") -> Classifier:
     return Classifier(model, settings, where, autocast_dtype(ckpt["precision"], where))
 
 
-def frame_prepared(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """Letterboxes from `prepare` (uint8 [N,3,S,S]) -> the variant's framing and size."""
+def framing(clf: Classifier) -> dict:
+    """The variant's framing settings, as transforms.preset and PreparedImages.framed take them."""
     s = clf.settings
-    return preset(images, framing=s["framing"], intensity=s["intensity"], size=s["image_size"])
+    return {"framing": s["framing"], "intensity": s["intensity"], "size": s["image_size"]}
 
 
 def read_image(clf: Classifier, path: Path) -> torch.Tensor:
@@ -48,7 +48,7 @@ def read_image(clf: Classifier, path: Path) -> torch.Tensor:
         raise ValueError("no such file")
     s = clf.settings
     square = torch.from_numpy(letterbox(decode_image(path, s["dicom_window"]), s["prepared_size"]))
-    return frame_prepared(clf, square.permute(2, 0, 1).contiguous()[None])[0]
+    return preset(square.permute(2, 0, 1).contiguous()[None], **framing(clf))[0]
 
 
 def classify(clf: Classifier, images: torch.Tensor, cam: bool = False
@@ -76,6 +76,7 @@ def classify(clf: Classifier, images: torch.Tensor, cam: bool = False
 def classify_prepared(clf: Classifier, images) -> torch.Tensor:
     """Probabilities for a prepared split (data.PreparedImages), read and framed a chunk at a
     time; chunks are whole batches, so the result equals one `classify` over the split."""
-    parts = [classify(clf, frame_prepared(clf, chunk))[0]
-             for _, chunk in images.chunks(4 * BATCH_SIZE)]
+    chunk = 4 * BATCH_SIZE
+    parts = [classify(clf, images.framed(slice(start, start + chunk), **framing(clf)))[0]
+             for start in range(0, len(images), chunk)]
     return torch.cat(parts) if parts else torch.zeros(0, len(clf.settings["classes"]))

@@ -28,15 +28,43 @@ AUGMENT = {"study": {"degrees": 10.0, "jitter": 0.1, "zoom": 0.0, "gamma": 0.0},
 BODY_THRESHOLD = 25  # gray level above which a pixel may be tissue; air and padding are darker
 
 
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """One binary erosion by the 3x3 cross, outside the image counting as background."""
+    out = mask.copy()
+    out[1:] &= mask[:-1]
+    out[:-1] &= mask[1:]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[0] = out[-1] = out[:, 0] = out[:, -1] = False
+    return out
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """One binary dilation by the 3x3 cross."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
 def body_mask(gray: np.ndarray) -> np.ndarray:
     """The patient's body in a uint8 slice: the largest bright region, lungs (holes) filled in.
-    Text overlays, rulers and most of the scanner table are separate regions and fall outside."""
-    bright = ndimage.binary_opening(gray > BODY_THRESHOLD, iterations=2)
+    Text overlays, rulers and most of the scanner table are separate regions and fall outside.
+    The same mask as scipy's binary_opening(iterations=2), label and binary_fill_holes, three
+    times faster: array shifts for the opening, and holes found as the background regions that
+    do not touch the border (tests/test_transforms.py checks both ways agree)."""
+    bright = gray > BODY_THRESHOLD
+    for step in (_erode, _erode, _dilate, _dilate):
+        bright = step(bright)
     regions, count = ndimage.label(bright)
     if count == 0:
         return np.ones_like(bright)
-    sizes = ndimage.sum(bright, regions, range(1, count + 1))
-    return ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
+    body = regions == 1 + int(np.argmax(np.bincount(regions.ravel())[1:]))
+    outside, _ = ndimage.label(~body)
+    edge = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]]))
+    return ~np.isin(outside, edge[edge > 0])
 
 
 def frame(image: torch.Tensor, framing: str, intensity: str, size: int) -> torch.Tensor:
@@ -74,9 +102,14 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def per_image(framing: str, intensity: str) -> bool:
+    """Whether `preset` frames image by image (the body's box and window differ per image)."""
+    return not (framing == "letterbox" and intensity == "as_is")
+
+
 def preset(images: torch.Tensor, *, framing: str, intensity: str, size: int) -> torch.Tensor:
     """Prepared uint8 letterboxes -> what a variant sees: framed at its image size."""
-    if framing == "letterbox" and intensity == "as_is" or not len(images):
+    if not per_image(framing, intensity) or not len(images):
         return resize(images, size)  # the study's: one batched resize
     return torch.stack([frame(im, framing, intensity, size) for im in images])
 
