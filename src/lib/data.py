@@ -72,20 +72,18 @@ class RawFile:
 def scan_class_folders(folder: Path, classes: dict, split: str | None, files: list,
                        skipped: list) -> None:
     """Append the images under `folder`'s class folders; other files are skipped with why."""
-    labels = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        label = label_of(sub, classes)
+    labelled = [(sub, label_of(sub, classes))
+                for sub in sorted(p for p in folder.iterdir() if p.is_dir())]
+    for sub, label in labelled:
         if label is None:
             raise UserError(f"{sub}: the folder matches no label of data.classes; add a prefix "
                             "of its name to the label it holds")
-        labels.setdefault(label, sub)
-    missing = [label for label in sorted(classes) if label not in labels]
+    missing = sorted(set(classes) - {label for _, label in labelled})
     if missing:
         raise UserError(f"{folder}: no folder matches data.classes.{missing[0]} (prefixes: "
                         f"{', '.join(classes[missing[0]])}); fix the entry or the folder names")
     prefix = f"{split}/" if split else ""
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        label = label_of(sub, classes)
+    for sub, label in labelled:
         for path in sorted(sub.iterdir()):
             entry = RawFile(split, label, path, f"{prefix}{sub.name}/{path.name}")
             if path.is_dir():
@@ -214,7 +212,8 @@ class PreparedImages:
         if pool is None:
             return preset(torch.from_numpy(self.store.read(rows)), **settings)
         stat = self.store.path.stat()
-        jobs = [(str(self.store.path), (stat.st_ino, stat.st_mtime_ns), part, settings)
+        # absolute: the workers keep the working folder of when the pool started
+        jobs = [(str(self.store.path.resolve()), (stat.st_ino, stat.st_mtime_ns), part, settings)
                 for part in np.array_split(rows, os.cpu_count())]  # one job per process
         return torch.from_numpy(np.concatenate(pool.map(_frame_rows, jobs)))
 
