@@ -5,6 +5,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.conftest import shipped_params
 from tools.scale import REAL_COUNTS, images_processed, make_run_dir, write_synthetic
 
 # A few images per split and class folder; valid's 5 are more than the sample's 3 slices, so
@@ -74,8 +75,10 @@ def test_images_processed_per_stage(tmp_path):
     (tmp_path / "reports/data/report.json").write_text(json.dumps({"counts_prepared": counts}))
     (tmp_path / "models/cnn").mkdir(parents=True)
     (tmp_path / "models/cnn/summary.json").write_text(json.dumps({"epochs": 3}))
-    params = {"train": {"draws_per_epoch": 40},
-              "variants": {"cnn": {"draws_per_epoch": None}, "resnet50": {"draws_per_epoch": 0}}}
+    params = shipped_params()
+    params["train"]["draws_per_epoch"] = 40
+    params["variants"]["cnn"]["draws_per_epoch"] = None
+    params["variants"]["resnet50"]["draws_per_epoch"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for i in range(7):
         (tmp_path / f"data/raw/Data/train/a/{i}.jpg").parent.mkdir(parents=True, exist_ok=True)

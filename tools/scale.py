@@ -47,6 +47,7 @@ import torch
 import yaml
 from PIL import Image
 
+from src.lib.config import load_config
 from src.lib.errors import UserError, command
 from src.lib.io import markdown_table, read_json, write_text
 from src.lib.paths import PARAMS_FILE, SAMPLE_DIR
@@ -153,7 +154,7 @@ def write_synthetic(data_dir: Path, scale: int = 1, counts: dict | None = None,
 def check_stages(stages: list[str]) -> None:
     """Fail before generating anything: an unknown stage or variant, or a stage without the
     output it reads (each scale's run folder starts empty)."""
-    variants = yaml.safe_load((ROOT / PARAMS_FILE).read_text())["variants"]
+    variants = load_config(ROOT / PARAMS_FILE).variants
     for i, stage in enumerate(stages):
         match = STAGE.fullmatch(stage)
         if not match:
@@ -219,9 +220,7 @@ def images_processed(stage: str, run_dir: Path) -> int:
     step, variant = stage.split("@")
     if step == "evaluate":
         return per_split["valid"] + per_split["test"]
-    params = yaml.safe_load((run_dir / PARAMS_FILE).read_text())
-    draws = params["variants"][variant].get("draws_per_epoch")
-    draws = params["train"]["draws_per_epoch"] if draws is None else draws
+    draws = load_config(run_dir / PARAMS_FILE).variant(variant).train.draws_per_epoch
     epochs = read_json(run_dir / "models" / variant / "summary.json")["epochs"]
     # Each epoch draws its images from train (0: as many as train holds), then scores valid.
     return epochs * ((draws or per_split["train"]) + per_split["valid"])
