@@ -212,8 +212,7 @@ class PreparedImages:
         if pool is None:
             return preset(torch.from_numpy(self.store.read(rows)), **settings)
         stat = self.store.path.stat()
-        # absolute: the workers keep the working folder of when the pool started
-        jobs = [(str(self.store.path.resolve()), (stat.st_ino, stat.st_mtime_ns), part, settings)
+        jobs = [(str(self.store.path), (stat.st_ino, stat.st_mtime_ns), part, settings)
                 for part in np.array_split(rows, os.cpu_count())]  # one job per process
         return torch.from_numpy(np.concatenate(pool.map(_frame_rows, jobs)))
 

@@ -111,7 +111,9 @@ class MappedArray:
     larger than memory costs the resident memory of one access, not of everything touched."""
 
     def __init__(self, path: Path, writable: bool = False):
-        self.path = Path(path)
+        # absolute: the file stays the same one if the process (or a framing worker started
+        # elsewhere) changes its working folder
+        self.path = Path(path).resolve()
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
