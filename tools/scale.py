@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +140,9 @@ def write_synthetic(data_dir: Path, scale: int = 1, counts: dict | None = None,
     tasks = synthetic_tasks(data_dir, counts)
     workers = workers or os.cpu_count() or 1
     start, step = time.perf_counter(), max(100, total // 10)
-    with Pool(workers) as pool:
+    # spawned, not forked: a fork while another pool's threads hold a lock (the framing pool's,
+    # in the tests' process) can leave a worker deadlocked
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         # Chunks of images per task amortize the inter-process messages over cheap images.
         for done, _ in enumerate(pool.imap_unordered(write_one, tasks, chunksize=32), 1):
             if done % step == 0 or done == total:
