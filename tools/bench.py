@@ -342,7 +342,8 @@ def main() -> None:
         speed_table(args, emit)
     if args.out:
         path = measurement_file(args.out, "repro" if args.repro else "speed")
-        write_text(path, "\n".join(lines) + "\n")
+        command_line = " ".join(["python -m tools.bench", *sys.argv[1:]])
+        write_text(path, "\n".join([f"`{command_line}`\n", *lines]) + "\n")
         print(f"wrote {path}")
 
 
