@@ -32,8 +32,9 @@ compile; this row shows whether it would pay.
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
 the wall time of each, then the comparison table.
 
---out DIR also writes the table to a file named by the conditions it was measured under
-(device, precision, torch version), e.g. `--out docs/measurements`.
+--out DIR also writes what it prints (table, or --repro or --predict timings) to a file named
+by the conditions it was measured under (device, precision, torch version), e.g. `--out
+docs/measurements`.
 """
 from __future__ import annotations
 
@@ -317,8 +318,8 @@ def main() -> None:
     parser.add_argument("--predict", action="store_true",
                         help="time loading a ResNet-50 checkpoint and classifying one image")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="also write the table to DIR/<speed|repro>-<device>-<precision>-"
-                             "torch<version>.md")
+                        help="also write the result to DIR/<speed|repro|predict>-<device>-"
+                             "<precision>-torch<version>.md")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -326,22 +327,24 @@ def main() -> None:
         print(json.dumps(measure(*args.one, epochs=epochs, draws=args.draws,
                                  workers=args.plain_workers)))
         return
-    if args.predict:
-        classes = load_config().data.classes
-        image = next(f.path for f in scan_raw(RAW_DIR, classes)[0] if f.split == "test")
-        print(f"{machine()}; predict with ResNet-50 on {image.name}: {time_predict(image)}")
-        return
     lines = []
 
     def emit(text: str) -> None:
         print(text, flush=True)
         lines.append(text)
     if args.repro:
+        kind = "repro"
         timed_repro(args.repro, emit)
+    elif args.predict:
+        kind = "predict"
+        classes = load_config().data.classes
+        image = next(f.path for f in scan_raw(RAW_DIR, classes)[0] if f.split == "test")
+        emit(f"{machine()}; predict with ResNet-50 on {image.name}: {time_predict(image)}")
     else:
+        kind = "speed"
         speed_table(args, emit)
     if args.out:
-        path = measurement_file(args.out, "repro" if args.repro else "speed")
+        path = measurement_file(args.out, kind)
         command_line = " ".join(["python -m tools.bench", *sys.argv[1:]])
         write_text(path, "\n".join([f"`{command_line}`\n", *lines]) + "\n")
         print(f"wrote {path}")
