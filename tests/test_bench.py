@@ -8,17 +8,21 @@ import yaml
 from tests.conftest import ROOT, make_dataset
 
 
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "tools.bench", *args], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_bench_compares_the_loops_per_variant(in_tmp):
     make_dataset(in_tmp / "data/raw", per_class=3)
     params = yaml.safe_load((in_tmp / "params.yaml").read_text())
     params["train"].update(weights="none", draws_per_epoch=0)
     params["variants"]["cnn"]["draws_per_epoch"] = 12  # each variant's own draws, unless --draws
     (in_tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "tools.bench", "--epochs", "2", "--compile",
-                           "--variants", "cnn", "resnet50_fc"], capture_output=True, text=True,
-                          env=env)
-    assert done.returncode == 0, done.stderr
+    done = bench("--epochs", "2", "--compile", "--variants", "cnn", "resnet50_fc")
     cells = [line.strip("| ").split(" | ") for line in done.stdout.splitlines()
              if line.startswith("| ") and "---" not in line]
     rows = {row[0]: row for row in cells}  # variant, draws, plain, pipeline, 2 speed-ups, 2 MB
@@ -30,3 +34,13 @@ def test_bench_compares_the_loops_per_variant(in_tmp):
     for name in names:  # ratios and memory parse; their values are timings, not asserted
         assert all(re.fullmatch(r"\d+\.\d+x", c) for c in rows[name][4:6])
         assert all(re.fullmatch(r"\d+", c) for c in rows[name][6:])
+
+
+def test_bench_out_writes_what_it_printed_under_the_command_that_made_it(in_tmp):
+    make_dataset(in_tmp / "data/raw", per_class=1)
+    done = bench("--predict", "--out", "measured")
+    [written] = (in_tmp / "measured").glob("predict-cpu-*-torch*.md")
+    command_line, blank, result = written.read_text().splitlines()
+    assert command_line == "`python -m tools.bench --predict --out measured`" and blank == ""
+    assert result in done.stdout
+    assert re.search(r"loading it \d+\.\d+ s, classifying the image \d+\.\d+ s$", result)
