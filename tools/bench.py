@@ -214,10 +214,12 @@ def timed_repro(archive: str, emit) -> None:
     emit((work / "reports/comparison.md").read_text())
 
 
-def time_predict(image: Path) -> dict:
-    """`predict` with a ResNet-50 checkpoint: seconds to load the model and to classify one
-    image (decode, letterbox, frame, forward), best of three, Python and torch start-up aside."""
+def timed_predict(emit) -> None:
+    """`predict` with a ResNet-50 checkpoint on a test image: seconds to load the model and to
+    classify the image (decode, letterbox, frame, forward), best of three, Python and torch
+    start-up aside."""
     cfg = load_config()
+    image = next(f.path for f in scan_raw(RAW_DIR, cfg.data.classes)[0] if f.split == "test")
     variant = without_download(cfg.variant("resnet50"))
     path = Path(tempfile.mkdtemp()) / "model.pt"
     prepared = {"classes": list(cfg.data.labels), "image_size": cfg.prepare.image_size,
@@ -232,7 +234,8 @@ def time_predict(image: Path) -> dict:
         start = time.perf_counter()
         classify(clf, read_image(clf, image)[None])
         classify_one.append(time.perf_counter() - start)
-    return {"load_s": round(min(load), 3), "classify_s": round(min(classify_one), 3)}
+    emit(f"{machine()}; `predict` with a ResNet-50 checkpoint on {image.name}, best of 3: "
+         f"loading it {min(load):.3f} s, classifying the image {min(classify_one):.3f} s")
 
 
 def measurement_file(folder: Path, kind: str) -> Path:
@@ -337,11 +340,7 @@ def main() -> None:
         timed_repro(args.repro, emit)
     elif args.predict:
         kind = "predict"
-        classes = load_config().data.classes
-        image = next(f.path for f in scan_raw(RAW_DIR, classes)[0] if f.split == "test")
-        seconds = time_predict(image)
-        emit(f"{machine()}; `predict` with a ResNet-50 checkpoint on {image.name}, best of 3: "
-             f"loading it {seconds['load_s']} s, classifying the image {seconds['classify_s']} s")
+        timed_predict(emit)
     else:
         kind = "speed"
         speed_table(args, emit)

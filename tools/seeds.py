@@ -121,12 +121,15 @@ def evaluated(group: list[dict], variant: str) -> list[dict]:
 
 
 def summary_table(group: list[dict]) -> str:
+    """One row per variant that a run of the group evaluated."""
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
     seeds = sorted(r["params"]["train"]["seed"] for r in group)
     rows = []
     for v in variants:
         ran = evaluated(group, v)
-        cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran) or "-"]
+        if not ran:
+            continue
+        cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran)]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
