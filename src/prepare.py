@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
-from multiprocessing import Pool
 
 import numpy as np
 import torch
@@ -26,7 +25,8 @@ from tqdm import tqdm
 from src.lib import plots
 from src.lib.config import SPLITS, load_config
 from src.lib.data import (
-    IMAGES_FILE, balance_weights, decode_image, letterbox, load_split, pixel_digest, scan_raw
+    IMAGES_FILE, balance_weights, decode_image, letterbox, load_split, pixel_digest, process_pool,
+    scan_raw
 )
 from src.lib.errors import command
 from src.lib.io import MappedArray, file_digest, markdown_table, write_json, write_text
@@ -63,7 +63,7 @@ def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
         results = map(_decode_one, jobs)
         pool = None
     else:
-        pool = Pool(workers, initializer=_start_worker, initargs=settings)
+        pool = process_pool(workers, _start_worker, settings)
         results = pool.imap(_decode_one, jobs, chunksize=16)
     kept, skipped = [], []
     try:

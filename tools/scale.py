@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ import yaml
 from PIL import Image
 
 from src.lib.config import load_config
+from src.lib.data import process_pool
 from src.lib.errors import UserError, command
 from src.lib.io import markdown_table, read_json, write_text
 from src.lib.paths import PARAMS_FILE, SAMPLE_DIR
@@ -140,9 +140,7 @@ def write_synthetic(data_dir: Path, scale: int = 1, counts: dict | None = None,
     tasks = synthetic_tasks(data_dir, counts)
     workers = workers or os.cpu_count() or 1
     start, step = time.perf_counter(), max(100, total // 10)
-    # spawned, not forked: a fork while another pool's threads hold a lock (the framing pool's,
-    # in the tests' process) can leave a worker deadlocked
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with process_pool(workers, None) as pool:
         # Chunks of images per task amortize the inter-process messages over cheap images.
         for done, _ in enumerate(pool.imap_unordered(write_one, tasks, chunksize=32), 1):
             if done % step == 0 or done == total:

@@ -162,12 +162,25 @@ def _start_framing_worker() -> None:
     torch.set_num_threads(1)                       # one process per core already
 
 
+def process_pool(workers: int, initializer, initargs=()):
+    """A pool of `workers` processes forked from a fresh single-threaded server that has already
+    imported this module (torch, numpy, PIL), not from this process: a fork while one of this
+    process's threads (torch's, another pool's) holds a lock can leave the child deadlocked.
+    Spawned where there is no fork server (Windows)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # no effect once the server runs
+    else:
+        context = multiprocessing.get_context("spawn")
+    return context.Pool(workers, initializer=initializer, initargs=initargs)
+
+
 @functools.cache
 def framing_pool():
     """One process per core for framing many images: each image is independent and framing is
     single-threaded numpy. None on one core. Closed when the program exits."""
     cores = os.cpu_count() or 1
-    return multiprocessing.Pool(cores, initializer=_start_framing_worker) if cores > 1 else None
+    return process_pool(cores, _start_framing_worker) if cores > 1 else None
 
 
 def _frame_rows(job) -> np.ndarray:
