@@ -36,9 +36,13 @@ from src.lib.transforms import augment
 _worker = {}  # each decoding process's open images file and settings
 
 
-def _start_worker(images_path, size: int, dicom_window) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is for the parent
+def _open_images(images_path, size: int, dicom_window) -> None:
     _worker.update(store=MappedArray(images_path, writable=True), size=size, window=dicom_window)
+
+
+def _start_worker(*settings) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
+    _open_images(*settings)
 
 
 def _decode_one(job) -> tuple[int, dict]:
@@ -59,7 +63,7 @@ def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
     jobs = [(row, f.path) for row, f in enumerate(files)]
     settings = (images_path, size, dicom_window)
     if workers == 1:
-        _start_worker(*settings)
+        _open_images(*settings)
         results = map(_decode_one, jobs)
         pool = None
     else:
