@@ -5,18 +5,18 @@ import pytest
 from tools.seeds import CURVES, curve_targets, main, parse_curves, runs, seed_groups
 
 
-def experiment(name, seed, lr, f1, variant="cnn"):
+def experiment(name, seed, lr, f1, variant="cnn", precision="float32"):
     params = {"model": "cnn", "train": {"seed": seed, "lr": lr},
               "variants": {"cnn": {}, "resnet50": {}}}
     scores = {"accuracy": f1, "f1_macro": f1, "f1_weighted": f1}
     metrics = {f"metrics/{variant}.json": {"data": {
-        "test": scores, "test_leak_free": scores, "train": {"best": {"val_f1_macro": f1 - 0.1}}}}}
+        "test": scores, "test_leak_free": scores, "train": {"best": {"val_f1_macro": f1 - 0.1}, "device": "cpu", "precision": precision}}}}
     return {"rev": name * 7, "name": name,
             "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics}}
 
 
 def shown():
-    base = experiment("base", 42, 0.001, 0.50)
+    base = experiment("base", 42, 0.001, 0.50, precision="bfloat16")
     base["experiments"] = [{"revs": [experiment(n, s, 0.001, f)]}
                            for n, s, f in (("a", 1, 0.60), ("b", 2, 0.70))]
     base["experiments"] += [{"revs": [experiment(n, s, 0.01, f)]}  # another recipe
@@ -60,11 +60,13 @@ def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
     out = capsys.readouterr().out
     first, second = out.split("train.lr=")[1:]
     assert first.startswith("0.001\nSeeds [1, 2, 42]")
-    # mean and sample std: validation 0.4, 0.5, 0.6; test 0.5, 0.6, 0.7
-    assert "| cnn | 1, 2, 42 | 0.500 ± 0.100 | 0.600 ± 0.100 |" in first
+    # what the runs ran on (seed 42 in bfloat16); mean and sample std: validation 0.4, 0.5,
+    # 0.6; test 0.5, 0.6, 0.7
+    assert "| cnn | 1, 2, 42 | cpu bfloat16, cpu float32 | 0.500 ± 0.100 | 0.600 ± 0.100 |" \
+        in first
     assert "| resnet50 |" not in first  # no run of the group evaluated it
-    assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 1, 2 | 0.880 ± 0.014 |" in second
-    assert "| resnet50 | 1, 2 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
+    assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 1, 2 | cpu float32 | 0.880 ± 0.014 |" in second
+    assert "| resnet50 | 1, 2 | cpu float32 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
 
 
 def plots_diff(curves, variant="cnn"):
@@ -114,6 +116,15 @@ def test_only_keeps_the_runs_with_that_param(tmp_path, capsys):
     assert "'train.lr' is not KEY=VALUE" in capsys.readouterr().err
 
 
+def test_out_writes_the_tables_under_the_command_that_made_them(tmp_path, capsys):
+    path, out = tmp_path / "shown.json", tmp_path / "seeds.md"
+    path.write_text(json.dumps(shown()))
+    assert main([str(path), "--only", "train.lr=0.01", "--out", str(out)]) == 0
+    command_line, blank, *tables = out.read_text().splitlines()
+    assert command_line == f"`python -m tools.seeds {path} --only train.lr=0.01 --out {out}`"
+    assert blank == "" and "\n".join(tables) == capsys.readouterr().out.strip()
+
+
 def test_a_file_that_is_not_json_is_one_line_error(tmp_path, capsys):
     path = tmp_path / "shown.json"
     path.write_text("Experiment  Created\n")
@@ -132,6 +143,6 @@ def test_curves_use_the_seeds_that_evaluated_the_variant(tmp_path, monkeypatch, 
     path.write_text(json.dumps(data))
     assert main([str(path), "--curves", "resnet50"]) == 0
     summary, table = capsys.readouterr().out.split("epoch by epoch")
-    assert "| resnet50 | 1 | 0.200 | 0.300 |" in summary  # one seed: its value, no std
+    assert "| resnet50 | 1 | cpu float32 | 0.200 | 0.300 |" in summary  # one seed: no std
     assert "val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 |" in table
     assert "| 1 | 1 | 0.500 | 0.500 |" in table and "| 2 |" not in table  # h ran seed 1 only

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -129,7 +130,11 @@ def summary_table(group: list[dict]) -> str:
         ran = evaluated(group, v)
         if not ran:
             continue
-        cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran)]
+        # what `precision: auto` resolved to, as each run recorded it
+        ran_on = {" ".join(str(lookup(r["metrics"][f"metrics/{v}.json"], ("train", key)))
+                           for key in ("device", "precision")) for r in ran}
+        cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran),
+                 ", ".join(sorted(ran_on))]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
@@ -137,7 +142,7 @@ def summary_table(group: list[dict]) -> str:
         rows.append(cells)
     return (f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each "
             "variant (one seed: its value)\n\n"
-            + markdown_table(["variant", "seeds", *(column for column, _ in SCORES)], rows))
+            + markdown_table(["variant", "seeds", "ran on", *(column for column, _ in SCORES)], rows))
 
 
 def curve_targets(variant: str) -> list[str]:
@@ -238,13 +243,16 @@ def main(argv=None) -> None:
                         help="keep the runs whose param KEY is VALUE, e.g. train.lr=0.001")
     parser.add_argument("--curves", metavar="VARIANT",
                         help="also compare the groups that ran VARIANT epoch by epoch")
-    parser.add_argument("--out", metavar="FILE", help="also write the tables to FILE")
+    parser.add_argument("--out", metavar="FILE",
+                        help="also write the tables to FILE, under the command that made them")
     args = parser.parse_args(argv)
     shown = read_shown(args.shown) if args.shown else dvc_json(["exp", "show"])
     text = report(shown, dict(args.only), args.curves)
     print(text)
     if args.out:
-        write_text(args.out, text)
+        command_line = shlex.join(["python", "-m", "tools.seeds",
+                                   *(sys.argv[1:] if argv is None else argv)])
+        write_text(args.out, f"`{command_line}`\n\n{text}")
 
 
 if __name__ == "__main__":
