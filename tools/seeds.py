@@ -121,6 +121,13 @@ def evaluated(group: list[dict], variant: str) -> list[dict]:
                   key=lambda r: r["params"]["train"]["seed"])
 
 
+def ran_on(metrics: dict) -> str:
+    """Device and precision as the run recorded them: what `device` and `precision: auto`
+    resolved to, which params alone do not tell."""
+    recorded = [lookup(metrics, ("train", key)) for key in ("device", "precision")]
+    return " ".join(str(x) for x in recorded if x is not None) or "-"
+
+
 def summary_table(group: list[dict]) -> str:
     """One row per variant that a run of the group evaluated."""
     variants = [v for v in group[0]["params"]["variants"]] + ["floor"]
@@ -130,11 +137,8 @@ def summary_table(group: list[dict]) -> str:
         ran = evaluated(group, v)
         if not ran:
             continue
-        # what `precision: auto` resolved to, as each run recorded it
-        ran_on = {" ".join(str(lookup(r["metrics"][f"metrics/{v}.json"], ("train", key)))
-                           for key in ("device", "precision")) for r in ran}
         cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran),
-                 ", ".join(sorted(ran_on))]
+                 ", ".join(sorted({ran_on(r["metrics"][f"metrics/{v}.json"]) for r in ran}))]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
@@ -142,7 +146,8 @@ def summary_table(group: list[dict]) -> str:
         rows.append(cells)
     return (f"Seeds {seeds}: mean ± standard deviation over the seeds that evaluated each "
             "variant (one seed: its value)\n\n"
-            + markdown_table(["variant", "seeds", "ran on", *(column for column, _ in SCORES)], rows))
+            + markdown_table(["variant", "seeds", "ran on", *(column for column, _ in SCORES)],
+                             rows))
 
 
 def curve_targets(variant: str) -> list[str]:

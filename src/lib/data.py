@@ -158,7 +158,7 @@ _worker_stores = {}   # in each framing process: the images files it has open
 
 def _start_framing_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
-    torch.set_num_threads(1)                       # one process per core already
+    torch.set_num_threads(1)                      # one process per core already
 
 
 def process_pool(workers: int, initializer, initargs=()):
