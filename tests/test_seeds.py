@@ -10,7 +10,8 @@ def experiment(name, seed, lr, f1, variant="cnn", precision="float32"):
               "variants": {"cnn": {}, "resnet50": {}}}
     scores = {"accuracy": f1, "f1_macro": f1, "f1_weighted": f1}
     metrics = {f"metrics/{variant}.json": {"data": {
-        "test": scores, "test_leak_free": scores, "train": {"best": {"val_f1_macro": f1 - 0.1}, "device": "cpu", "precision": precision}}}}
+        "test": scores, "test_leak_free": scores,
+        "train": {"best": {"val_f1_macro": f1 - 0.1}, "device": "cpu", "precision": precision}}}}
     return {"rev": name * 7, "name": name,
             "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics}}
 
@@ -65,8 +66,10 @@ def test_table_has_mean_and_standard_deviation(tmp_path, capsys):
     assert "| cnn | 1, 2, 42 | cpu bfloat16, cpu float32 | 0.500 ± 0.100 | 0.600 ± 0.100 |" \
         in first
     assert "| resnet50 |" not in first  # no run of the group evaluated it
-    assert second.startswith("0.01\nSeeds [1, 2]") and "| cnn | 1, 2 | cpu float32 | 0.880 ± 0.014 |" in second
-    assert "| resnet50 | 1, 2 | cpu float32 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second  # same params and seeds
+    assert second.startswith("0.01\nSeeds [1, 2]")
+    assert "| cnn | 1, 2 | cpu float32 | 0.880 ± 0.014 |" in second
+    # same params and seeds
+    assert "| resnet50 | 1, 2 | cpu float32 | 0.450 ± 0.071 | 0.550 ± 0.071 |" in second
 
 
 def plots_diff(curves, variant="cnn"):
