@@ -2,11 +2,12 @@
 
     python -m src.prepare [--workers N]
 
-Decodes every image once, with all cores, straight into the memory-mapped images file (one
-letterboxed row per file, at `prepare.image_size`); splits data that came without splits;
-removes leakage into test and duplicate groups whose labels conflict; computes the class
-balancing. Each split's JSON lists its rows of images.npy with labels and file names. Writes the
-data report with its figures to reports/data/. The output does not depend on --workers.
+Decodes every image once (with all cores from data.PARALLEL_FROM files) straight into the
+memory-mapped images file (one letterboxed row per file, at `prepare.image_size`); splits data
+that came without splits; removes leakage into test and duplicate groups whose labels conflict;
+computes the class balancing. Each split's JSON lists its rows of images.npy with labels and file
+names. Writes the data report with its figures to reports/data/. The output does not depend on
+--workers.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from tqdm import tqdm
 from src.lib import plots
 from src.lib.config import SPLITS, load_config
 from src.lib.data import (
-    IMAGES_FILE, balance_weights, decode_image, letterbox, load_split, pixel_digest, process_pool,
-    scan_raw
+    IMAGES_FILE, PARALLEL_FROM, balance_weights, decode_image, letterbox, load_split, pixel_digest,
+    process_pool, scan_raw
 )
 from src.lib.errors import command
 from src.lib.io import MappedArray, file_digest, markdown_table, write_json, write_text
@@ -230,13 +231,16 @@ def write_figures(raw_counts, report, splits) -> None:
 @command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="decoding processes (default: one per core, %(default)s)")
-    workers = max(1, parser.parse_args(argv).workers)
+    parser.add_argument("--workers", type=int, help="decoding processes (default: one per core "
+                        f"from {PARALLEL_FROM} files, one below)")
+    workers = parser.parse_args(argv).workers
     cfg = load_config()
     size, window = cfg.prepare.image_size, (cfg.prepare.dicom_window_center,
                                             cfg.prepare.dicom_window_width)
     files, skipped = scan_raw(RAW_DIR, cfg.data.classes)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(files) >= PARALLEL_FROM else 1
+    workers = max(1, workers)
     # Built beside data/prepared and swapped in at the end: a failure keeps the previous one.
     partial = PREPARED_DIR.with_name(PREPARED_DIR.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -19,7 +19,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 def test_bench_compares_the_loops_per_variant(in_tmp):
     make_dataset(in_tmp / "data/raw", per_class=3)
     params = yaml.safe_load((in_tmp / "params.yaml").read_text())
-    params["train"].update(weights="none", draws_per_epoch=0)
+    params["train"].update(weights="none", draws_per_epoch=0, augment_views=1)
     params["variants"]["cnn"]["draws_per_epoch"] = 12  # each variant's own draws, unless --draws
     (in_tmp / "params.yaml").write_text(yaml.safe_dump(params))
     done = bench("--epochs", "2", "--compile", "--variants", "cnn", "resnet50_fc")

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from src import prepare
+from src.lib import data
 from src.lib.config import STUDY_CLASSES, SplitConfig, parse_config
 from src.lib.data import (
     PreparedImages, balance_weights, decode_rgb, find_data_root, label_of, letterbox, load_split,
@@ -210,7 +211,14 @@ def test_reading_a_mapped_split_costs_the_memory_of_a_chunk_not_of_the_file(tmp_
     assert sum(seen) == sum(50 * k for k in range(8)) and images[0][0, 0, 0] == 7  # rows reversed
 
 
-def test_framing_many_images_in_parallel_gives_what_one_process_gives(tmp_path):
+def test_framing_many_images_in_parallel_gives_what_one_process_gives(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "PARALLEL_FROM", 20)  # a split of 20 counts as large
+    pools = []
+
+    def recorded_pool(real=data.framing_pool):
+        pools.append(real())
+        return pools[-1]
+    monkeypatch.setattr(data, "framing_pool", recorded_pool)
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 120, (20, 1, 64, 64), dtype=np.uint8).repeat(3, 1)
     gray[:, :, 10:50, 12:56] += 100  # a bright body in each
@@ -218,3 +226,4 @@ def test_framing_many_images_in_parallel_gives_what_one_process_gives(tmp_path):
     settings = {"framing": "body", "intensity": "window", "size": 32}
     rows = np.arange(19, -1, -1)
     assert torch.equal(images.framed(rows, **settings), preset(images[rows], **settings))
+    assert pools and pools[0] is not None  # a pool of processes framed them
