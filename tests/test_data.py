@@ -152,8 +152,8 @@ def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monk
     dup = prepare.find_duplicates(kept)
     index = prepare.split_index(kept, dup, classes=sorted(KAGGLE), balance="oversample",
                                 size=32, dicom_window=(-600, 1500))
-    for split, data in index.items():
-        write_json(tmp_path / f"{split}.json", data)
+    for split, split_index in index.items():
+        write_json(tmp_path / f"{split}.json", split_index)
     splits = {s: load_split(s, tmp_path) for s in ("train", "valid", "test")}
     removed = {kept[i]["file"].name: why for i, why in dup["removed"].items()}
 

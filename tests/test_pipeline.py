@@ -154,19 +154,20 @@ def test_switching_the_released_model_retrains_nothing(repo):
 
 
 def test_queued_evaluations_are_restored_from_the_run_cache(repo):
-    # The parallel recipe, for two variants (one trained whole, one on cached frozen outputs): a
-    # queued experiment per variant's evaluation, two at a time; a plain `dvc repro` in the
-    # workspace then takes their training and evaluation from the run-cache.
-    queued = ["cnn", "resnet50_fc"]
+    # The parallel recipe, for the CNN and the released ResNet-50: a queued experiment per
+    # variant's evaluation, two at a time; a plain `dvc repro` in the workspace then takes their
+    # training and evaluation from the run-cache. (A learning rate no other test sets, so that
+    # nothing is in the run-cache before.)
+    queued = ["cnn", "resnet50"]
 
-    def one_epoch(params):
+    def new_lr(params):
         for v in queued:
-            params["variants"][v]["max_epochs"] = 1
+            params["variants"][v]["lr"] = 0.002
     with restored(repo):
         before = {v: lock_hash(repo, f"train@{v}", f"models/{v}") for v in queued}
         for v in queued:
             sh(repo, "dvc", "exp", "run", "--queue", "-n", f"eval-{v}", "-S",
-               f"variants.{v}.max_epochs=1", f"evaluate@{v}")
+               f"variants.{v}.lr=0.002", f"evaluate@{v}")
         sh(repo, "dvc", "queue", "start", "-j", "2")
         deadline = time.time() + 600
         while re.search(r"\b(Queued|Running)\b", sh(repo, "dvc", "queue", "status")):
@@ -175,13 +176,12 @@ def test_queued_evaluations_are_restored_from_the_run_cache(repo):
         status = sh(repo, "dvc", "queue", "status")
         assert status.count("Success") == len(queued), status
         sh(repo, "dvc", "queue", "stop")
-        set_params(repo, one_epoch)
+        set_params(repo, new_lr)
         out = sh(repo, "dvc", "repro")
         assert all(f"Stage '{s}@{v}' is cached - skipping run" in out
                    for s in ("train", "evaluate") for v in queued), out
         assert stages_run(out) == {"compare", "release"}
         assert all(lock_hash(repo, f"train@{v}", f"models/{v}") != before[v] for v in queued)
-        assert json.loads((repo / "metrics/cnn.json").read_text())["train"]["epochs"] == 1
 
 
 def test_metrics_live_in_git_so_commits_compare_without_the_cache(repo):

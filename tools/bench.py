@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import resource
 import subprocess
@@ -67,10 +66,11 @@ from src.lib.device import autocast_dtype, environment, pick_device, seed_everyt
 from src.lib.engine import draw_order, train_one_epoch, training_setup
 from src.lib.errors import UserError, command
 from src.lib.inference import classify, load_classifier, read_image
-from src.lib.io import MappedArray, markdown_row, markdown_table, write_text
+from src.lib.io import MappedArray, markdown_row, markdown_table
 from src.lib.models import build_model, forward_train
 from src.lib.paths import RAW_DIR
 from src.lib.transforms import NORMALIZATION
+from tools.measurement import cpu_name, write_measurement
 
 
 def without_download(variant):
@@ -251,14 +251,8 @@ def measurement_file(folder: Path, kind: str) -> Path:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
 
 
 def speed_table(args, emit) -> None:
@@ -346,8 +340,7 @@ def main() -> None:
         speed_table(args, emit)
     if args.out:
         path = measurement_file(args.out, kind)
-        command_line = " ".join(["python -m tools.bench", *sys.argv[1:]])
-        write_text(path, "\n".join([f"`{command_line}`\n", *lines]) + "\n")
+        write_measurement(path, "tools.bench", sys.argv[1:], "\n".join(lines))
         print(f"wrote {path}")
 
 

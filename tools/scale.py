@@ -23,8 +23,8 @@ per image, the process's peak resident memory, and the ratio of milliseconds per
 the smallest scale: 1.0x is linear scaling. Each scale's folders are deleted after it is measured
 unless --keep (100x is about 100,000 files).
 
---out DIR also writes the table to DIR/scale-<scales>-<cpu|cuda>-torch<version>.md, e.g.
-scale-1x-10x-100x-cpu-torch2.14.1.md.
+--out DIR also writes the table, under the command that made it, to
+DIR/scale-<scales>-<cpu|cuda>-torch<version>.md, e.g. scale-1x-10x-100x-cpu-torch2.14.1.md.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ import argparse
 import functools
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -49,8 +48,9 @@ from PIL import Image
 from src.lib.config import load_config
 from src.lib.data import process_pool
 from src.lib.errors import UserError, command
-from src.lib.io import markdown_table, read_json, write_text
+from src.lib.io import markdown_table, read_json
 from src.lib.paths import PARAMS_FILE, SAMPLE_DIR
+from tools.measurement import cpu_name, write_measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 # Images per split and class folder in Kaggle's dataset (1000 in all); train and valid folders
@@ -263,14 +263,6 @@ def scale_table(results: list[dict], stages: list[str]) -> str:
                            "ms per image vs smallest scale"], rows)
 
 
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 @command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -307,7 +299,7 @@ def main() -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         sizes = "-".join(f"{s}x" for s in scales)
         path = args.out / f"scale-{sizes}-{device}-torch{torch.__version__.split('+')[0]}.md"
-        write_text(path, text)
+        write_measurement(path, "tools.scale", sys.argv[1:], text)
         print(f"wrote {path}")
 
 

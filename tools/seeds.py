@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
 from collections import defaultdict
 
 from src.lib.errors import UserError, command
-from src.lib.io import markdown_table, write_text
+from src.lib.io import markdown_table
+from tools.measurement import write_measurement
 
 # (column, path in metrics/<variant>.json)
 SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
@@ -255,9 +255,7 @@ def main(argv=None) -> None:
     text = report(shown, dict(args.only), args.curves)
     print(text)
     if args.out:
-        command_line = shlex.join(["python", "-m", "tools.seeds",
-                                   *(sys.argv[1:] if argv is None else argv)])
-        write_text(args.out, f"`{command_line}`\n\n{text}")
+        write_measurement(args.out, "tools.seeds", sys.argv[1:] if argv is None else argv, text)
 
 
 if __name__ == "__main__":
