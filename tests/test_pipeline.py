@@ -70,7 +70,7 @@ def repo(tmp_path_factory):
 
     def tiny(p):
         p["data"]["source"] = "sample"
-        p["train"].update(weights="none", max_epochs=2, patience=2, augment_views=2, batch_size=8,
+        p["train"].update(weights="none", max_epochs=2, patience=2, augment_views=1, batch_size=8,
                           draws_per_epoch=0)
         for v in p["variants"].values():
             if v["arch"] != "inception_v3":
