@@ -1,3 +1,4 @@
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,6 +212,7 @@ def test_reading_a_mapped_split_costs_the_memory_of_a_chunk_not_of_the_file(tmp_
     assert sum(seen) == sum(50 * k for k in range(8)) and images[0][0, 0, 0] == 7  # rows reversed
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: framing has no pool")
 def test_framing_many_images_in_parallel_gives_what_one_process_gives(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "PARALLEL_FROM", 20)  # a split of 20 counts as large
     pools = []

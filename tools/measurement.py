@@ -1,5 +1,5 @@
-"""What a developer tool's measurement file says besides its table: the command that made it,
-first, so that anyone can measure again, and the CPU it ran on, in the table's own header."""
+"""What the developer tools' measurement files share: the command that made the file, at its top,
+so that anyone can measure again (write_measurement), and the name of the CPU (cpu_name)."""
 from __future__ import annotations
 
 import platform
