@@ -158,16 +158,16 @@ def test_queued_evaluations_are_restored_from_the_run_cache(repo):
     # variant's evaluation, two at a time; a plain `dvc repro` in the workspace then takes their
     # training and evaluation from the run-cache. (A learning rate no other test sets, so that
     # nothing is in the run-cache before.)
-    queued = ["cnn", "resnet50"]
+    queued, lr = ["cnn", "resnet50"], 0.002
 
     def new_lr(params):
         for v in queued:
-            params["variants"][v]["lr"] = 0.002
+            params["variants"][v]["lr"] = lr
     with restored(repo):
         before = {v: lock_hash(repo, f"train@{v}", f"models/{v}") for v in queued}
         for v in queued:
             sh(repo, "dvc", "exp", "run", "--queue", "-n", f"eval-{v}", "-S",
-               f"variants.{v}.lr=0.002", f"evaluate@{v}")
+               f"variants.{v}.lr={lr}", f"evaluate@{v}")
         sh(repo, "dvc", "queue", "start", "-j", "2")
         deadline = time.time() + 600
         while re.search(r"\b(Queued|Running)\b", sh(repo, "dvc", "queue", "status")):
