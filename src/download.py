@@ -20,9 +20,9 @@ import zipfile
 from pathlib import Path
 
 from src.lib.config import load_config
-from src.lib.data import find_data_root, scan_raw
 from src.lib.errors import UserError, command
 from src.lib.paths import RAW_DIR, SAMPLE_DIR
+from src.lib.raw import find_data_root, scan_raw
 
 OFFLINE_HINT = ("set data.source=local with data.archive=<the zip from the dataset's page>, "
                 "or data.source=sample for the bundled subset")

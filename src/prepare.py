@@ -27,11 +27,12 @@ from src.lib import plots
 from src.lib.config import SPLITS, load_config
 from src.lib.data import (
     IMAGES_FILE, PARALLEL_FROM, balance_weights, decode_image, letterbox, load_split, pixel_digest,
-    process_pool, scan_raw
+    process_pool
 )
 from src.lib.errors import command
 from src.lib.io import MappedArray, file_digest, markdown_table, write_json, write_text
 from src.lib.paths import DATA_REPORT_DIR, PREPARED_DIR, RAW_DIR
+from src.lib.raw import scan_raw
 from src.lib.transforms import augment
 
 _worker = {}  # each decoding process's open images file and settings

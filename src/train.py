@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from dvclive import Live
 
-from src.lib.checkpoint import save_checkpoint
+from src.lib.checkpoint import save_checkpoint, torch_load, torch_save
 from src.lib.config import load_config
 from src.lib.data import IMAGES_FILE, load_split
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
@@ -27,7 +27,7 @@ from src.lib.engine import (
     Batches, EarlyStopping, TrainingSetup, draw_order, train_one_epoch, training_setup, validate
 )
 from src.lib.errors import UserError, command
-from src.lib.io import code_files, file_digest, torch_load, torch_save, write_json
+from src.lib.io import code_files, file_digest, write_json
 from src.lib.models import build_model, count_parameters
 from src.lib.paths import LIVE_DIR, MODELS_DIR, PREPARED_DIR, RESUME_DIR
 

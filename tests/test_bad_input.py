@@ -12,9 +12,9 @@ import yaml
 from PIL import Image
 
 from src import download, prepare
+from src.lib.checkpoint import torch_save
 from src.lib.config import parse_config
 from src.lib.errors import UserError
-from src.lib.io import torch_save
 from tests.conftest import ROOT, make_dataset, random_image
 
 NORMAL = "Data/train/normal"

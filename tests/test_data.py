@@ -11,12 +11,10 @@ from PIL import Image
 from src import prepare
 from src.lib import data
 from src.lib.config import STUDY_CLASSES, SplitConfig, parse_config
-from src.lib.data import (
-    PreparedImages, balance_weights, decode_rgb, find_data_root, label_of, letterbox, load_split,
-    scan_raw
-)
+from src.lib.data import PreparedImages, balance_weights, decode_rgb, letterbox, load_split
 from src.lib.errors import UserError
 from src.lib.io import MappedArray, write_json
+from src.lib.raw import find_data_root, label_of, scan_raw
 from src.lib.transforms import preset
 from tests.conftest import (
     LONG_NAMES, SHORT_NAMES, make_dataset, prepared_images, random_image, shipped_params

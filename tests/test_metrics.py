@@ -3,15 +3,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from src.lib.config import STUDY_CLASSES
 from src.lib.explain import grad_cam
+from src.lib.inference import fit_temperature
 from src.lib.metrics import (
-    _scores_from_confusion, bootstrap_ci, confusion, expected_calibration_error, fit_temperature,
-    format_p, headline, mcnemar, report, split_metrics
+    bootstrap_ci, expected_calibration_error, format_p, headline, mcnemar, report, split_metrics
 )
+from src.lib.scores import confusion, scores_from_confusion
 
 
 def test_headline_matches_a_hand_computed_report():
@@ -26,10 +27,17 @@ def test_headline_matches_a_hand_computed_report():
     assert h["f1_weighted"] == round((2 * 2 / 3 + 2 * 0.8 + 2 / 3) / 6, 4)
 
 
+def test_confusion_counts_agree_with_sklearn():
+    rng = np.random.default_rng(1)
+    targets, predictions = rng.integers(0, 4, 200), rng.integers(0, 3, 200)  # 3 never predicted
+    assert (confusion(targets, predictions, 4) ==
+            confusion_matrix(targets, predictions, labels=[0, 1, 2, 3])).all()
+
+
 def test_scores_from_confusion_agree_with_sklearn():
     rng = np.random.default_rng(1)
     targets, predictions = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
-    acc, macro, weighted = _scores_from_confusion(confusion(targets, predictions, 4))
+    acc, macro, weighted = scores_from_confusion(confusion(targets, predictions, 4))
     assert acc == pytest.approx(accuracy_score(targets, predictions))
     assert macro == pytest.approx(f1_score(targets, predictions, average="macro"))
     assert weighted == pytest.approx(f1_score(targets, predictions, average="weighted"))

@@ -59,9 +59,7 @@ from torchvision import transforms as T
 
 from src.lib.checkpoint import save_checkpoint
 from src.lib.config import load_config
-from src.lib.data import (
-    IMAGES_FILE, PreparedImages, balance_weights, decode_rgb, letterbox, scan_raw
-)
+from src.lib.data import IMAGES_FILE, PreparedImages, balance_weights, decode_rgb, letterbox
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
 from src.lib.engine import draw_order, train_one_epoch, training_setup
 from src.lib.errors import UserError, command
@@ -69,6 +67,7 @@ from src.lib.inference import classify, load_classifier, read_image
 from src.lib.io import MappedArray, markdown_row, markdown_table
 from src.lib.models import build_model, forward_train
 from src.lib.paths import RAW_DIR
+from src.lib.raw import scan_raw
 from src.lib.transforms import NORMALIZATION
 from tools.measurement import cpu_name, write_measurement
 

@@ -1,15 +1,17 @@
 """The checkpoint format, owned here alone: `train` saves it, `release` copies it, and evaluate,
 predict and bench load it. One file holds the weights and everything needed to use them (labels
-and preprocessing), readable with torch.load(weights_only=True)."""
+and preprocessing), readable with torch.load(weights_only=True). Also the one safe way to write
+and read any torch file (train's resume state too)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from src.lib.config import VariantConfig
 from src.lib.errors import UserError
-from src.lib.io import torch_load, torch_save
+from src.lib.io import atomic_write, not_found
 from src.lib.models import network
 from src.lib.transforms import NORMALIZATION
 
@@ -17,6 +19,21 @@ FORMAT_VERSION = 2  # 2: the dataset's own classes and the DICOM window
 FIELDS = ("format_version", "state_dict", "variant", "arch", "trainable", "image_size",
           "prepared_size", "dicom_window", "framing", "intensity", "precision", "classes", "mean",
           "std", "grayscale")
+
+
+def torch_save(path: Path, obj) -> None:
+    atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def torch_load(path: Path):
+    """Tensors and plain containers only (weights_only): a checkpoint cannot run code."""
+    if not Path(path).exists():
+        raise not_found(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or holding code
+        raise UserError(f"{path}: not a file this project wrote ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:120]})") from None
 
 
 def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict, train: dict) -> None:

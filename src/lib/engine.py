@@ -9,20 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from tqdm import tqdm
 
 from src.lib.device import autocast, channels_last, grad_scaler
 from src.lib.io import MappedArray
 from src.lib.models import forward_train, set_train_mode, split_frozen
+from src.lib.scores import confusion, scores_from_confusion
 from src.lib.transforms import model_input
 
 
-def scores(targets, predictions, loss: float) -> dict:
-    return {"loss": loss, "acc": accuracy_score(targets, predictions),
-            "f1_macro": f1_score(targets, predictions, average="macro", zero_division=0),
-            "f1_weighted": f1_score(targets, predictions, average="weighted", zero_division=0)}
+def scores(targets, predictions, loss: float, num_classes: int) -> dict:
+    accuracy, macro, weighted = scores_from_confusion(confusion(targets, predictions, num_classes))
+    return {"loss": loss, "acc": float(accuracy), "f1_macro": float(macro),
+            "f1_weighted": float(weighted)}
 
 
 class Budget:
@@ -213,7 +213,8 @@ def train_one_epoch(setup: TrainingSetup, order: torch.Tensor, batch_size: int, 
         targets.append(y.cpu())
         predictions.append(logits.argmax(1).cpu())
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    return scores(torch.cat(targets), torch.cat(predictions), total_loss / len(order))
+    return scores(torch.cat(targets), torch.cat(predictions), total_loss / len(order),
+                  logits.shape[1])
 
 
 @torch.no_grad()
@@ -228,7 +229,8 @@ def validate(head: nn.Module, batches: Batches, *, batch_size: int, device, dtyp
         probabilities.append(torch.softmax(logits.float(), 1).cpu())
     probabilities = torch.cat(probabilities)
     loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), batches.labels).item()
-    return scores(batches.labels.numpy(), probabilities.argmax(1).numpy(), loss)
+    return scores(batches.labels.numpy(), probabilities.argmax(1).numpy(), loss,
+                  probabilities.shape[1])
 
 
 def draw_order(sample_weights: torch.Tensor, draws: int, generator) -> torch.Tensor:

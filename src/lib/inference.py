@@ -80,3 +80,18 @@ def classify_prepared(clf: Classifier, images) -> torch.Tensor:
     parts = [classify(clf, images.framed(slice(start, start + chunk), **framing(clf)))[0]
              for start in range(0, len(images), chunk)]
     return torch.cat(parts) if parts else torch.zeros(0, len(clf.settings["classes"]))
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> float:
+    """The temperature T minimizing the negative log-likelihood of softmax(logits / T), fitted on
+    validation data (one parameter, so the predicted class never changes)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20))

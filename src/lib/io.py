@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from src.lib.errors import UserError
 
@@ -53,10 +52,6 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
-def torch_save(path: Path, obj) -> None:
-    atomic_write(path, lambda p: torch.save(obj, p))
-
-
 def markdown_row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -70,17 +65,6 @@ def read_json(path: Path):
     if not Path(path).exists():
         raise not_found(path)
     return json.loads(Path(path).read_text())
-
-
-def torch_load(path: Path):
-    """Tensors and plain containers only (weights_only): a checkpoint cannot run code."""
-    if not Path(path).exists():
-        raise not_found(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or holding code
-        raise UserError(f"{path}: not a file this project wrote ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0][:120]})") from None
 
 
 def file_digest(path: Path) -> str:

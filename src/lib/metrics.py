@@ -4,22 +4,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from sklearn.metrics import classification_report, confusion_matrix
 
 from src.lib.io import read_json, write_json
 from src.lib.paths import METRICS_DIR, REPORTS_DIR
+from src.lib.scores import scores_from_confusion
+
+
+def _classification_report(targets, predictions, classes: list[str], **how):
+    # Imported here: sklearn takes a second or more to import, and only the stages that write
+    # a report (evaluate, floor) need it, not train, compare or release.
+    from sklearn.metrics import classification_report
+    return classification_report(targets, predictions, labels=list(range(len(classes))),
+                                 target_names=list(classes), zero_division=0, **how)
 
 
 def report(targets, predictions, classes: list[str]) -> dict:
     """sklearn's classification report: per class, accuracy, macro and weighted averages."""
-    return classification_report(targets, predictions, labels=list(range(len(classes))),
-                                 target_names=list(classes), output_dict=True, zero_division=0)
+    return _classification_report(targets, predictions, classes, output_dict=True)
 
 
 def report_text(targets, predictions, classes: list[str]) -> str:
-    return classification_report(targets, predictions, labels=list(range(len(classes))),
-                                 target_names=list(classes), digits=3, zero_division=0)
+    return _classification_report(targets, predictions, classes, digits=3)
 
 
 def headline(rep: dict, classes: list[str]) -> dict:
@@ -33,24 +38,6 @@ def headline(rep: dict, classes: list[str]) -> dict:
             "support": int(rep["macro avg"]["support"])}
 
 
-def confusion(targets, predictions, num_classes: int) -> np.ndarray:
-    return confusion_matrix(targets, predictions, labels=list(range(num_classes)))
-
-
-def _scores_from_confusion(cm: np.ndarray) -> np.ndarray:
-    """[..., C, C] confusion matrices -> [..., 3]: accuracy, macro F1, weighted F1 (sklearn's
-    definitions, a class without support or predictions scoring F1 0)."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
-    support, predicted = cm.sum(-1), cm.sum(-2)
-    denominator = support + predicted
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    n = support.sum(-1)
-    accuracy = tp.sum(-1) / n
-    macro = f1.mean(-1)  # over every label, as `report` asks sklearn for
-    weighted = (f1 * support).sum(-1) / n
-    return np.stack([accuracy, macro, weighted], -1)
-
-
 def bootstrap_ci(targets, predictions, num_classes: int, *, resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
     """Percentile bootstrap intervals for accuracy, macro F1 and weighted F1: the test images
@@ -60,7 +47,7 @@ def bootstrap_ci(targets, predictions, num_classes: int, *, resamples: int = 100
     idx = np.random.default_rng(seed).integers(0, len(targets), (resamples, len(targets)))
     codes = targets[idx] * k + predictions[idx]
     cms = np.stack([np.bincount(row, minlength=k * k) for row in codes]).reshape(-1, k, k)
-    scores = _scores_from_confusion(cms)
+    scores = scores_from_confusion(cms)
     low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return {name: (round(float(lo), 4), round(float(hi), 4))
             for name, lo, hi in zip(("accuracy", "f1_macro", "f1_weighted"), low, high)}
@@ -97,21 +84,6 @@ def expected_calibration_error(probabilities: np.ndarray, targets, bins: int = 1
                           "count": int(mask.sum()), "accuracy": float(correct[mask].mean()),
                           "confidence": float(confidence[mask].mean())})
     return {"ece": round(float(ece), 4), "bins": table}
-
-
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> float:
-    """The temperature T minimizing the negative log-likelihood of softmax(logits / T), fitted on
-    validation data (one parameter, so the predicted class never changes)."""
-    log_t = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
-        loss.backward()
-        return loss
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20))
 
 
 def split_metrics(targets, probabilities, classes: list[str], seed: int, scaled=None) -> dict:

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from src.lib.config import SPLITS  # noqa: E402
 from src.lib.io import atomic_write  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only: `compare` draws without importing torch
+    import torch
 
 
 def _save(fig, path: Path) -> None:
