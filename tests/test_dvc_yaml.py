@@ -1,7 +1,10 @@
 """dvc.yaml declares exactly what each stage's code imports and the params it reads, so that
-caching is exact."""
+caching is exact; and the code a stage imports leaves out the heavy libraries it does not use."""
 import re
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from src.lib.io import code_files
@@ -38,3 +41,19 @@ def test_only_metrics_and_plots_skip_the_cache_so_every_stage_is_run_cached():
     for name, stage in stage_definitions():
         for out in stage.get("outs", []):
             assert isinstance(out, str) or next(iter(out.values())).get("cache", True), name
+
+
+# What a stage never imports: torch, torchvision and sklearn each take one to three seconds to
+# import, paid by every run of the stage (15 processes in a full `dvc repro`).
+UNUSED_LIBRARIES = {"src.download": {"torch", "numpy", "sklearn"},
+                    "src.compare": {"torch", "sklearn"},
+                    "src.release": {"torch", "sklearn"},
+                    "src.train": {"sklearn", "matplotlib"}}
+
+
+@pytest.mark.parametrize("module", sorted(UNUSED_LIBRARIES))
+def test_stages_import_no_library_they_do_not_use(module):
+    probe = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.split())
+    assert not UNUSED_LIBRARIES[module] & loaded
