@@ -5,6 +5,7 @@ Both run in the same run of this script, on the same data, for the same training
     python -m tools.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
     python -m tools.bench --compile           # also the pipeline's step under torch.compile
     python -m tools.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
+    python -m tools.bench --startup           # what each stage pays to import, against torch
 
 Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
 fresh process so that peak memory is its own:
@@ -31,6 +32,10 @@ compile; this row shows whether it would pay.
 --repro clones the committed project into a temporary folder, points `data` at the archive
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
 the wall time of each, then the comparison table.
+
+--startup times importing each module of src/ (or those named) in a fresh Python, best of 3,
+against `import torch` alone, and names the heavy libraries each loads: every run of a stage pays
+it before any work, 15 times in a full `dvc repro`.
 
 --out DIR also writes what it prints (table, or --repro or --predict timings) to a file named
 by the conditions it was measured under (device, precision, torch version), e.g. `--out
@@ -237,6 +242,42 @@ def timed_predict(emit) -> None:
          f"loading it {min(load):.3f} s, classifying the image {min(classify_one):.3f} s")
 
 
+HEAVY_LIBRARIES = ("torch", "torchvision", "torch._dynamo", "sklearn", "matplotlib")
+
+
+def import_seconds(module: str) -> tuple[float, list[str]]:
+    """Seconds to import `module` in a fresh Python, best of 3, and the heavy libraries it
+    loaded."""
+    probe = (f"import sys, time; start = time.perf_counter(); import {module}; "
+             f"print(time.perf_counter() - start, "
+             f"*[m for m in {HEAVY_LIBRARIES!r} if m in sys.modules])")
+    runs = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        if done.returncode:
+            raise UserError(f"import {module} failed: "
+                            f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        seconds, *loaded = done.stdout.split()
+        runs.append((float(seconds), loaded))
+    return min(runs)
+
+
+def timed_startup(modules: list[str], emit) -> None:
+    """What each stage pays before its work: importing its module, against `import torch`."""
+    modules = modules or [f"src.{p.stem}" for p in sorted(Path("src").glob("*.py"))
+                          if p.stem != "__init__"]
+    baseline, _ = import_seconds("torch")
+    emit(f"{machine()}; importing each module in a fresh Python, best of 3; `import torch` "
+         f"alone: {baseline:.2f} s\n")
+    rows = []
+    for module in modules:
+        seconds, loaded = import_seconds(module)
+        rows.append([module, f"{seconds:.2f}", f"{seconds / baseline:.2f}x",
+                     ", ".join(loaded) or "none"])
+    emit(markdown_table(["module", "import s", "against import torch", "heavy libraries loaded"],
+                        rows).rstrip())
+
+
 def measurement_file(folder: Path, kind: str) -> Path:
     """FOLDER/<kind>-<device>-<precision>-torch<version>.md: a measured table is named by the
     conditions it was measured under, and rewritten, never edited, when they recur."""
@@ -313,9 +354,11 @@ def main() -> None:
     parser.add_argument("--repro", metavar="ARCHIVE", help="time a full dvc repro on ARCHIVE")
     parser.add_argument("--predict", action="store_true",
                         help="time loading a ResNet-50 checkpoint and classifying one image")
+    parser.add_argument("--startup", nargs="*", metavar="MODULE",
+                        help="time importing each module of src/ (or those named)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="also write the result to DIR/<speed|repro|predict>-<device>-"
-                             "<precision>-torch<version>.md")
+                        help="also write the result to DIR/<speed|repro|predict|startup>-"
+                             "<device>-<precision>-torch<version>.md")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -334,6 +377,9 @@ def main() -> None:
     elif args.predict:
         kind = "predict"
         timed_predict(emit)
+    elif args.startup is not None:
+        kind = "startup"
+        timed_startup(args.startup, emit)
     else:
         kind = "speed"
         speed_table(args, emit)
