@@ -37,9 +37,9 @@ the wall time of each, then the comparison table.
 against `import torch` alone, and names the heavy libraries each loads: every run of a stage pays
 it before any work, 15 times in a full `dvc repro`.
 
---out DIR also writes what it prints (table, or --repro or --predict timings) to a file named
-by the conditions it was measured under (device, precision, torch version), e.g. `--out
-docs/measurements`.
+--out DIR also writes what it prints (table, or --repro, --predict or --startup timings) to a
+file named by the conditions it was measured under (device, precision, torch version), e.g.
+`--out docs/measurements`.
 """
 from __future__ import annotations
 
