@@ -7,7 +7,7 @@ import numpy as np
 
 from src.lib.io import read_json, write_json
 from src.lib.paths import METRICS_DIR, REPORTS_DIR
-from src.lib.scores import scores_from_confusion
+from src.lib.scores import confusion, scores_from_confusion
 
 
 def _classification_report(targets, predictions, classes: list[str], **how):
@@ -43,10 +43,8 @@ def bootstrap_ci(targets, predictions, num_classes: int, *, resamples: int = 100
     """Percentile bootstrap intervals for accuracy, macro F1 and weighted F1: the test images
     are resampled with replacement `resamples` times (seeded, so reproducible)."""
     targets, predictions = np.asarray(targets), np.asarray(predictions)
-    k = num_classes
     idx = np.random.default_rng(seed).integers(0, len(targets), (resamples, len(targets)))
-    codes = targets[idx] * k + predictions[idx]
-    cms = np.stack([np.bincount(row, minlength=k * k) for row in codes]).reshape(-1, k, k)
+    cms = np.stack([confusion(targets[rows], predictions[rows], num_classes) for rows in idx])
     scores = scores_from_confusion(cms)
     low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return {name: (round(float(lo), 4), round(float(hi), 4))
