@@ -33,9 +33,9 @@ compile; this row shows whether it would pay.
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
 the wall time of each, then the comparison table.
 
---startup times importing each module of src/ (or those named) in a fresh Python, best of 3,
-against `import torch` alone, and names the heavy libraries each loads: every run of a stage pays
-it before any work, 15 times in a full `dvc repro`.
+--startup times importing torch._dynamo, torchvision and each module of src/ (or the modules
+named) in a fresh Python, best of 3, against `import torch` alone, and names the heavy libraries
+each loads: every run of a stage pays it before any work, 15 times in a full `dvc repro`.
 
 --out DIR also writes what it prints (table, or --repro, --predict or --startup timings) to a
 file named by the conditions it was measured under (device, precision, torch version), e.g.
@@ -264,8 +264,11 @@ def import_seconds(module: str) -> tuple[float, list[str]]:
 
 def timed_startup(modules: list[str], emit) -> None:
     """What each stage pays before its work: importing its module, against `import torch`."""
-    modules = modules or [f"src.{p.stem}" for p in sorted(Path("src").glob("*.py"))
-                          if p.stem != "__init__"]
+    # The libraries themselves first, to show where a stage's seconds go: torchvision imports
+    # torch._dynamo whatever a stage uses of it.
+    modules = modules or ["torch._dynamo", "torchvision",
+                          *(f"src.{p.stem}" for p in sorted(Path("src").glob("*.py"))
+                            if p.stem != "__init__")]
     baseline, _ = import_seconds("torch")
     emit(f"{machine()}; importing each module in a fresh Python, best of 3; `import torch` "
          f"alone: {baseline:.2f} s\n")
@@ -355,7 +358,8 @@ def main() -> None:
     parser.add_argument("--predict", action="store_true",
                         help="time loading a ResNet-50 checkpoint and classifying one image")
     parser.add_argument("--startup", nargs="*", metavar="MODULE",
-                        help="time importing each module of src/ (or those named)")
+                        help="time importing torch._dynamo, torchvision and each module of src/ "
+                             "(or the modules named)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="also write the result to DIR/<speed|repro|predict|startup>-"
                              "<device>-<precision>-torch<version>.md")
