@@ -8,12 +8,15 @@ whose params differ in more than `train.seed` form separate groups, one table ea
     python -m tools.seeds         # reads `dvc exp show --json`; or: python -m tools.seeds FILE.json
     python -m tools.seeds --curves resnet50   # also compares the recipes epoch by epoch
     python -m tools.seeds --only train.lr=0.001   # only the runs with that param value
+    python -m tools.seeds --by-seed resnet50  # also each seed's scores, recipe beside recipe
 
 The chosen checkpoint depends on where early stopping ends each run, which on a noisy
 validation loss can decide more than the recipe does. `--curves` therefore also compares, seed by
 seed, each recipe's validation macro F1 and training loss averaged over the epochs that all runs
 of that seed trained, from the per-epoch DVCLive plots (`dvc plots diff` reads them from the
-cache of every experiment).
+cache of every experiment). `--by-seed` sets each recipe's final scores side by side seed by
+seed: the seed fixes the initial weights and the draws, so a recipe that scores higher in every
+seed says more than two means whose spreads overlap.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ SCORES = (("val macro F1", ("train", "best", "val_f1_macro")),
           ("test accuracy", ("test", "accuracy")), ("test macro F1", ("test", "f1_macro")),
           ("test weighted F1", ("test", "f1_weighted")),
           ("leak-free weighted F1", ("test_leak_free", "f1_weighted")))
+# the scores compared seed by seed
+BY_SEED = [s for s in SCORES if s[0] in ("val macro F1", "test weighted F1",
+                                         "leak-free weighted F1")]
 # (column, DVCLive plot under dvclive/<variant>/plots/metrics/)
 CURVES = (("val macro F1", "val/f1_macro"), ("train loss", "train/loss"))
 
@@ -121,6 +127,15 @@ def evaluated(group: list[dict], variant: str) -> list[dict]:
                   key=lambda r: r["params"]["train"]["seed"])
 
 
+def evaluating(groups: dict, variant: str) -> dict:
+    """The groups that evaluated `variant`, each as its runs that did."""
+    ran = {key: evaluated(group, variant) for key, group in groups.items()}
+    ran = {key: group for key, group in ran.items() if group}
+    if not ran:
+        raise UserError(f"no seed group evaluated {variant}")
+    return ran
+
+
 def ran_on(metrics: dict) -> str:
     """Device and precision as the run recorded them: what `device` and `precision: auto`
     resolved to, which params alone do not tell."""
@@ -148,6 +163,27 @@ def summary_table(group: list[dict]) -> str:
             "variant (one seed: its value)\n\n"
             + markdown_table(["variant", "seeds", "ran on", *(column for column, _ in SCORES)],
                              rows))
+
+
+def seed_table(groups: dict, labels: dict, variant: str) -> str:
+    """Per seed that every group evaluated `variant`: each group's scores, groups in the order
+    of their labels, and with two groups the second's minus the first's."""
+    keys = sorted(groups, key=lambda key: labels[key])
+    by_seed = [{r["params"]["train"]["seed"]: r["metrics"][f"metrics/{variant}.json"]
+                for r in groups[key]} for key in keys]
+    seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
+    names = [labels[key] or "runs" for key in keys]
+    header = ["seed", *(f"{column}: {name}" for column, _ in BY_SEED for name in names)]
+    if len(names) == 2:
+        header += [f"{column}: {names[1]} minus {names[0]}" for column, _ in BY_SEED]
+    rows = []
+    for seed in seeds:
+        scores = [[lookup(s[seed], path) for s in by_seed] for _, path in BY_SEED]
+        cells = [f"{x:.3f}" if x is not None else "-" for values in scores for x in values]
+        if len(names) == 2:
+            cells += [f"{b - a:+.3f}" if None not in (a, b) else "-" for a, b in scores]
+        rows.append([seed, *cells])
+    return f"{variant}, seed by seed\n\n" + markdown_table(header, rows)
 
 
 def curve_targets(variant: str) -> list[str]:
@@ -219,7 +255,8 @@ def key_value(text: str) -> tuple[str, str]:
     return tuple(text.split("=", 1))
 
 
-def report(shown: list, only: dict, curves_variant: str | None) -> str:
+def report(shown: list, only: dict, curves_variant: str | None,
+           by_seed_variant: str | None = None) -> str:
     groups = seed_groups([r for r in runs(shown)
                           if all(str(flat(r["params"]).get(k)) == v for k, v in only.items())])
     if not groups:
@@ -228,12 +265,12 @@ def report(shown: list, only: dict, curves_variant: str | None) -> str:
     labels = distinguishing(groups)
     text = "\n".join((f"{labels[key]}\n" if labels[key] else "") + summary_table(group)
                      for key, group in groups.items())
+    if by_seed_variant:
+        ran = evaluating(groups, by_seed_variant)
+        text += "\n" + seed_table(ran, distinguishing(ran), by_seed_variant)
     if not curves_variant:
         return text
-    ran = {key: evaluated(group, curves_variant) for key, group in groups.items()}
-    ran = {key: group for key, group in ran.items() if group}
-    if not ran:
-        raise UserError(f"no seed group evaluated {curves_variant}")
+    ran = evaluating(groups, curves_variant)
     names = [r["sources"][f"metrics/{curves_variant}.json"] for group in ran.values() for r in group]
     plots = dvc_json(["plots", "diff", *names, "--targets", *curve_targets(curves_variant)])
     return text + "\n" + matched_table(ran, distinguishing(ran),
@@ -248,11 +285,13 @@ def main(argv=None) -> None:
                         help="keep the runs whose param KEY is VALUE, e.g. train.lr=0.001")
     parser.add_argument("--curves", metavar="VARIANT",
                         help="also compare the groups that ran VARIANT epoch by epoch")
+    parser.add_argument("--by-seed", metavar="VARIANT",
+                        help="also set the groups' scores for VARIANT side by side, seed by seed")
     parser.add_argument("--out", metavar="FILE",
                         help="also write the tables to FILE, under the command that made them")
     args = parser.parse_args(argv)
     shown = read_shown(args.shown) if args.shown else dvc_json(["exp", "show"])
-    text = report(shown, dict(args.only), args.curves)
+    text = report(shown, dict(args.only), args.curves, args.by_seed)
     print(text)
     if args.out:
         write_measurement(args.out, "tools.seeds", sys.argv[1:] if argv is None else argv, text)
