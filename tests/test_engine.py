@@ -8,7 +8,8 @@ from dataclasses import replace
 
 from src.lib.config import parse_config
 from src.lib.device import grad_scaler
-from src.lib.engine import Batches, Budget, RowCache, TrainingSetup, slot_draws, train_one_epoch
+from src.lib.engine import (Batches, Budget, RowCache, TrainingSetup, slot_draws,
+                             train_one_epoch, validate)
 from src.lib.transforms import model_input
 from tests.conftest import prepared_images, shipped_params
 
@@ -46,6 +47,29 @@ def test_float16_autocast_scales_the_loss_so_small_gradients_still_train(tmp_pat
     assert one_epoch(torch.amp.GradScaler("cpu", enabled=False), tmp_path / "a") == 0  # flushed
     assert grad_scaler(CPU, torch.float16).is_enabled()
     assert one_epoch(grad_scaler(CPU, torch.float16), tmp_path / "b") > 0
+
+
+def test_validation_loss_grows_with_how_confidently_wrong_the_head_is(tmp_path):
+    # Logits 100 apart: the wrong answers' probabilities round to zero in float32, so a loss
+    # from probabilities would be capped (and equal for both heads below); from logits it is not.
+    images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(8) % 4
+    batches = Batches(prepared_images(images, tmp_path), labels, variant(), device=CPU,
+                      dtype=None, budget=Budget(1))
+
+    def loss_when_always_class_0(margin: float) -> float:
+        head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+        nn.init.zeros_(head[1].weight)
+        with torch.no_grad():
+            head[1].bias.copy_(torch.tensor([margin, 0.0, 0.0, 0.0]))
+        scores = validate(head, batches, batch_size=3, device=CPU, dtype=None)
+        assert scores["acc"] == 0.25  # the two images of class 0
+        return scores["loss"]
+
+    expected = nn.functional.cross_entropy(torch.tensor([[100.0, 0, 0, 0]]).repeat(8, 1), labels)
+    # 6 of 8 wrong by 100: 75
+    assert loss_when_always_class_0(100.0) == pytest.approx(expected.item())
+    assert loss_when_always_class_0(200.0) > loss_when_always_class_0(100.0) + 70
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, None])

@@ -219,18 +219,18 @@ def train_one_epoch(setup: TrainingSetup, order: torch.Tensor, batch_size: int, 
 
 @torch.no_grad()
 def validate(head: nn.Module, batches: Batches, *, batch_size: int, device, dtype) -> dict:
-    """Unweighted cross-entropy and scores of the head in eval mode on the validation split."""
+    """Unweighted cross-entropy and scores of the head in eval mode on the validation split.
+    The loss comes from the logits: from probabilities, a wrong answer's loss is capped where its
+    probability rounds to zero, and early stopping would then count errors, not the loss."""
     head.eval()
-    probabilities = []
+    logits = []
     for start in range(0, len(batches.labels), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(batches.labels)))
         with autocast(device, dtype):
-            logits = head(*batches.get(idx))
-        probabilities.append(torch.softmax(logits.float(), 1).cpu())
-    probabilities = torch.cat(probabilities)
-    loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), batches.labels).item()
-    return scores(batches.labels.numpy(), probabilities.argmax(1).numpy(), loss,
-                  probabilities.shape[1])
+            logits.append(head(*batches.get(idx)).float().cpu())
+    logits = torch.cat(logits)
+    loss = nn.functional.cross_entropy(logits, batches.labels).item()
+    return scores(batches.labels.numpy(), logits.argmax(1).numpy(), loss, logits.shape[1])
 
 
 def draw_order(sample_weights: torch.Tensor, draws: int, generator) -> torch.Tensor:
