@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from src.lib import plots
 from src.lib.config import load_config
@@ -43,10 +42,10 @@ def cam_examples(targets: np.ndarray, predictions: np.ndarray, num_classes: int)
 
 
 def write_cams(clf, images, targets, path: Path) -> None:
-    probabilities, heatmaps = classify(clf, images, cam=True)
+    logits, heatmaps = classify(clf, images, cam=True)
     classes = clf.settings["classes"]
     titles = [f"true {classes[target]}\npredicted {classes[int(p.argmax())]} p={p.max():.2f}"
-              for target, p in zip(targets, probabilities)]
+              for target, p in zip(targets, logits.softmax(1))]
     plots.cam_grid(images, heatmaps, titles, path)
 
 
@@ -56,11 +55,9 @@ def evaluate_variant(name: str) -> dict:
     clf = load_classifier(MODELS_DIR / name / "model.pt", variant.train.device)
     valid, test = load_split("valid"), load_split("test")
     classes = test["classes"]
-    valid_probabilities = classify_prepared(clf, valid["images"])
-    temperature = fit_temperature(valid_probabilities.clamp_min(1e-12).log(), valid["labels"])
-    probabilities = classify_prepared(clf, test["images"])
-    scaled = torch.softmax(probabilities.clamp_min(1e-12).log() / temperature, 1)
-    probabilities, scaled = probabilities.numpy(), scaled.numpy()
+    temperature = fit_temperature(classify_prepared(clf, valid["images"]), valid["labels"])
+    logits = classify_prepared(clf, test["images"])
+    probabilities, scaled = logits.softmax(1).numpy(), (logits / temperature).softmax(1).numpy()
     predictions = probabilities.argmax(1)
     targets, leak_free = test["labels"].numpy(), test["leak_free"].numpy()
 

@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     classes = clf.settings["classes"]
     images, errors = read_images(clf, args.images)
     batch = torch.stack(list(images.values())) if images else torch.zeros(0, 3, 1, 1)
-    probabilities, heatmaps = classify(clf, batch, cam=bool(args.cam))
+    logits, heatmaps = classify(clf, batch, cam=bool(args.cam))
+    probabilities = logits.softmax(1)
     if args.cam:
         for (path, image), heatmap, p in zip(images.items(), heatmaps, probabilities):
             plots.cam_overlay(image, heatmap, f"{path.name}: {classes[int(p.argmax())]} "

@@ -8,7 +8,7 @@ from torch import nn
 
 from src.lib.config import STUDY_CLASSES
 from src.lib.explain import grad_cam
-from src.lib.inference import fit_temperature
+from src.lib.inference import Classifier, classify, fit_temperature
 from src.lib.metrics import (
     bootstrap_ci, expected_calibration_error, format_p, headline, mcnemar, report, split_metrics
 )
@@ -105,6 +105,28 @@ def test_temperature_cools_an_overconfident_model():
     assert fit_temperature(logits / 5, targets) < 0.5
 
 
+class SureHead(nn.Module):
+    """Class 0 by a margin of 8 on dark images; class 1 by 40 on bright ones, where the softmax
+    of the true class 0 (e^-40, about 4e-18) is below the 1e-12 a log would once be clamped at."""
+    def forward(self, x):
+        bright = (x[:, :1, 0, 0] > 0).float()
+        return (1 - bright) * torch.tensor([8.0, 0, 0, 0]) + bright * torch.tensor([0, 40.0, 0, 0])
+
+
+def test_temperature_is_fitted_on_the_logits_classify_returns_not_on_capped_probabilities():
+    images = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)
+    images[::8] = 255  # one in eight confidently wrong
+    targets = torch.zeros(64, dtype=torch.long)
+    clf = Classifier(SureHead(), {"arch": "cnn", "classes": STUDY_CLASSES}, torch.device("cpu"),
+                     None)
+    logits, _ = classify(clf, images)
+    assert logits[0].tolist() == [0, 40, 0, 0] and logits[1].tolist() == [8, 0, 0, 0]
+    capped = logits.softmax(1).clamp_min(1e-12).log()  # how evaluate fitted it before
+    assert fit_temperature(logits, targets) == pytest.approx(13.27, abs=0.05)
+    # the capped sure-wrong answers looked half as wrong: half the temperature, too sure after
+    assert fit_temperature(capped, targets) == pytest.approx(6.60, abs=0.05)
+
+
 def test_grad_cam_is_input_sized_and_peaks_on_the_planted_feature():
     detector = nn.Conv2d(1, 1, 3, padding=1, bias=False)
     nn.init.constant_(detector.weight, 1 / 9)
@@ -114,8 +136,8 @@ def test_grad_cam_is_input_sized_and_peaks_on_the_planted_feature():
     model = nn.Sequential(detector, relu, nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier).eval()
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 20:26, 4:10] = 1.0  # the planted feature, bottom left
-    heatmap, probabilities = grad_cam(model, relu, x, target=torch.tensor([0]))
-    assert heatmap.shape == (1, 32, 32) and probabilities.shape == (1, 2)
+    heatmap, logits = grad_cam(model, relu, x, target=torch.tensor([0]))
+    assert heatmap.shape == (1, 32, 32) and logits.shape == (1, 2)
     row, col = divmod(int(heatmap[0].argmax()), 32)
     assert 20 <= row < 26 and 4 <= col < 10
     assert heatmap[0, :10, 16:].max() == 0  # nothing where the image is empty

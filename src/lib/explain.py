@@ -19,7 +19,7 @@ def cam_layer(model: nn.Module, arch: str) -> nn.Module:
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
              target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps in [0, 1] of the input's size [N, H, W] for class `target` (default: the
-    predicted one), and the class probabilities [N, C]. The model is left unchanged."""
+    predicted one), and the logits [N, C] in float32. The model is left unchanged."""
     activations = {}
 
     def keep(module, inputs, output):
@@ -41,4 +41,4 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
     cam = F.relu((weights * a).sum(1, keepdim=True)).detach().float()
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
-    return cam / peak, torch.softmax(logits.detach().float(), 1)
+    return cam / peak, logits.detach().float()

@@ -1,7 +1,8 @@
-"""One inference path: a checkpoint and images (files or prepared tensors) -> class
-probabilities, with the variant's framing, precision and memory format. `evaluate`, `predict`,
-their Grad-CAM overlays and `tools/bench.py` all call it, so that on the same device predict
-prints for an image what evaluate scored."""
+"""One inference path: a checkpoint and images (files or prepared tensors) -> logits, with the
+variant's framing, precision and memory format. `evaluate`, `predict`, their Grad-CAM overlays
+and `tools/bench.py` all call it, so that on the same device predict prints for an image what
+evaluate scored. Logits, not probabilities: the temperature fit needs how sure a wrong answer
+was, which the log of a probability loses once it rounds to zero or is clamped."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,29 +54,29 @@ def read_image(clf: Classifier, path: Path) -> torch.Tensor:
 
 def classify(clf: Classifier, images: torch.Tensor, cam: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Framed uint8 images [N,3,H,W] -> (probabilities float32 [N,C], Grad-CAM heatmaps [N,H,W]
-    for the predicted class when `cam`, else None)."""
+    """Framed uint8 images [N,3,H,W] -> (logits float32 [N,C], Grad-CAM heatmaps [N,H,W] for the
+    predicted class when `cam`, else None)."""
     arch = clf.settings["arch"]
-    probabilities, heatmaps = [], []
+    logits, heatmaps = [], []
     for start in range(0, len(images), BATCH_SIZE):
         x = model_input(images[start:start + BATCH_SIZE].to(clf.device), arch)
         with autocast(clf.device, clf.dtype):
             if cam:
-                heatmap, p = grad_cam(clf.model, cam_layer(clf.model, arch), x)
+                heatmap, z = grad_cam(clf.model, cam_layer(clf.model, arch), x)
                 heatmaps.append(heatmap.cpu())
             else:
                 with torch.no_grad():
-                    p = torch.softmax(clf.model(x).float(), 1)
-        probabilities.append(p.cpu())
-    if not probabilities:  # no images
-        probabilities = [torch.zeros(0, len(clf.settings["classes"]))]
+                    z = clf.model(x).float()
+        logits.append(z.cpu())
+    if not logits:  # no images
+        logits = [torch.zeros(0, len(clf.settings["classes"]))]
         heatmaps = [torch.zeros(0, *images.shape[-2:])]
-    return torch.cat(probabilities), torch.cat(heatmaps) if cam else None
+    return torch.cat(logits), torch.cat(heatmaps) if cam else None
 
 
 def classify_prepared(clf: Classifier, images) -> torch.Tensor:
-    """Probabilities for a prepared split (data.PreparedImages), read and framed a chunk at a
-    time; chunks are whole batches, so the result equals one `classify` over the split."""
+    """Logits for a prepared split (data.PreparedImages), read and framed a chunk at a time;
+    chunks are whole batches, so the result equals one `classify` over the split."""
     chunk = 4 * BATCH_SIZE
     parts = [classify(clf, images.framed(slice(start, start + chunk), **framing(clf)))[0]
              for start in range(0, len(images), chunk)]
