@@ -86,7 +86,7 @@ states. `python -m src.predict` applies exactly this.
 
 ## Metrics
 Test split scored once. Intervals: bootstrap, 1000 resamples. ECE: expected calibration error,
-raw / after temperature scaling (T = {metrics['temperature']:.2f}, fitted on valid).
+raw / after temperature scaling (T = {metrics['temperature']:.3g}, fitted on valid).
 
 {table}
 Per-class F1 on the official test split: {per_class}.

@@ -146,7 +146,7 @@ def reliability_diagram(before: dict, after: dict, *, temperature: float, title:
     """Accuracy against confidence per bin, before and after temperature scaling."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
-    for result, label in ((before, "raw"), (after, f"T={temperature:.2f}")):
+    for result, label in ((before, "raw"), (after, f"T={temperature:.3g}")):
         bins = result["bins"]
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
                 label=f"{label}: ECE {result['ece']:.3f}")
