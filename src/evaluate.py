@@ -20,10 +20,10 @@ from src.lib.config import load_config
 from src.lib.data import load_split
 from src.lib.device import environment
 from src.lib.errors import command
-from src.lib.inference import classify, classify_prepared, fit_temperature, framing, load_classifier
+from src.lib.inference import classify, classify_prepared, framing, load_classifier
 from src.lib.io import read_json, write_json, write_text
 from src.lib.metrics import (
-    expected_calibration_error, report, report_text, test_metrics, with_interval,
+    expected_calibration_error, fit_temperature, report, report_text, test_metrics, with_interval,
     write_predictions
 )
 from src.lib.paths import METRICS_DIR, MODELS_DIR, REPORTS_DIR

@@ -8,9 +8,10 @@ from torch import nn
 
 from src.lib.config import STUDY_CLASSES
 from src.lib.explain import grad_cam
-from src.lib.inference import Classifier, classify, fit_temperature
+from src.lib.inference import Classifier, classify
 from src.lib.metrics import (
-    bootstrap_ci, expected_calibration_error, format_p, headline, mcnemar, report, split_metrics
+    bootstrap_ci, expected_calibration_error, fit_temperature, format_p, headline, mcnemar, report,
+    split_metrics
 )
 from src.lib.scores import confusion, scores_from_confusion
 

@@ -5,13 +5,10 @@ evaluate scored. Logits, not probabilities: the temperature fit needs how sure a
 was, which the log of a probability loses once it rounds to zero or is clamped."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 from torch import nn
 
 from src.lib.checkpoint import load_checkpoint
@@ -21,8 +18,6 @@ from src.lib.explain import cam_layer, grad_cam
 from src.lib.transforms import model_input, preset
 
 BATCH_SIZE = 32  # fixed, so that evaluate and predict run the same batches in reduced precision
-# T from 0.01 (a head right on every validation image would be sharpened without end) to 1e12
-LOG_TEMPERATURE_BOUNDS = (math.log(0.01), math.log(1e12))
 
 
 @dataclass(frozen=True)
@@ -87,16 +82,3 @@ def classify_prepared(clf: Classifier, images) -> torch.Tensor:
              for start in range(0, len(images), chunk)]
     return torch.cat(parts) if parts else torch.zeros(0, len(clf.settings["classes"]))
 
-
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The temperature T minimizing the negative log-likelihood of softmax(logits / T), fitted on
-    validation data (one parameter, so the predicted class never changes). The likelihood is
-    convex in 1/T, so a bounded scalar search finds its minimum; the bounds are wide, because a
-    head whose logits lie 1e9 apart needs a T of that size, and capping it would report such a
-    head's raw calibration as its calibration after scaling."""
-    logits, targets = logits.double(), targets.long()
-
-    def nll(log_t: float) -> float:
-        return F.cross_entropy(logits / math.exp(log_t), targets).item()
-    return math.exp(minimize_scalar(nll, bounds=LOG_TEMPERATURE_BOUNDS, method="bounded",
-                                    options={"xatol": 1e-6}).x)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 
 from src.lib.io import read_json, write_json
 from src.lib.paths import METRICS_DIR, REPORTS_DIR
@@ -82,6 +84,23 @@ def expected_calibration_error(probabilities: np.ndarray, targets, bins: int = 1
                           "count": int(mask.sum()), "accuracy": float(correct[mask].mean()),
                           "confidence": float(confidence[mask].mean())})
     return {"ece": round(float(ece), 4), "bins": table}
+
+
+def fit_temperature(logits, targets) -> float:
+    """The temperature T minimizing the negative log-likelihood of softmax(logits / T), fitted on
+    validation data (one parameter, so the predicted class never changes). The likelihood is
+    convex in 1/T, so a bounded scalar search finds its minimum. The bounds are wide: a head whose
+    logits lie 1e9 apart needs a T of that size, and capping it would report such a head's raw
+    calibration as its calibration after scaling; below, a head right on every image would be
+    sharpened without end."""
+    logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets)
+
+    def nll(log_t: float) -> float:
+        log_p = log_softmax(logits / math.exp(log_t), axis=1)
+        return -log_p[np.arange(len(targets)), targets].mean()
+    fit = minimize_scalar(nll, bounds=(math.log(0.01), math.log(1e12)), method="bounded",
+                          options={"xatol": 1e-6})
+    return math.exp(fit.x)
 
 
 def split_metrics(targets, probabilities, classes: list[str], seed: int, scaled=None) -> dict:
