@@ -66,7 +66,7 @@ def test_validation_loss_grows_with_how_confidently_wrong_the_head_is(tmp_path):
         assert scores["acc"] == 0.25  # the two images of class 0
         return scores["loss"]
 
-    # 6 of 8 wrong by 100 logits: 75 (capped, 0.75 x 27.63 = 20.72)
+    # 6 of 8 wrong by 100 logits: 0.75 x 100 = 75; a loss capped at 27.63 would give 20.72
     assert loss_when_always_class_0(100.0) == pytest.approx(75.0)
     assert loss_when_always_class_0(200.0) > loss_when_always_class_0(100.0) + 70
 

@@ -159,8 +159,8 @@ def test_by_seed_sets_the_recipes_side_by_side_with_their_difference(tmp_path, c
     assert ("| seed | val macro F1: train.lr=0.001 | val macro F1: train.lr=0.01 | test weighted "
             "F1: train.lr=0.001 |") in table
     assert "| val macro F1: train.lr=0.01 minus train.lr=0.001 |" in table
-    # lr=0.001: a (seed 1, 0.60), b (seed 2, 0.70); lr=0.01: c (0.99), e (0.97); validation
-    # 0.1 less
+    # lr=0.001: a (seed 1, 0.60), b (seed 2, 0.70); lr=0.01: c (0.99), e (0.97);
+    # validation scores 0.1 below test
     assert ("| 1 | 0.500 | 0.890 | 0.600 | 0.990 | 0.600 | 0.990 | +0.390 | +0.390 | +0.390 |"
             in table)
     assert ("| 2 | 0.600 | 0.870 | 0.700 | 0.970 | 0.700 | 0.970 | +0.270 | +0.270 | +0.270 |"
