@@ -24,7 +24,8 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test",
 
 
 def run(repo, *cmd) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=ENV)
+    # A bound on every command, so that a hung one fails its test instead of stalling the run
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=ENV, timeout=900)
 
 
 def sh(repo, *cmd) -> str:
@@ -170,12 +171,17 @@ def test_queued_evaluations_are_restored_from_the_run_cache(repo):
         for v in queued:
             sh(repo, "dvc", "exp", "run", "--queue", "-n", f"eval-{v}", "-S",
                f"variants.{v}.lr={lr}", f"evaluate@{v}")
-        sh(repo, "dvc", "queue", "start", "-j", "2")
+        # The workers `queue start` forks keep its stdout and stderr open until they exit, so
+        # that a captured `queue start` would wait on them, with no bound; they write to a file.
+        with open(repo.parent / "queue-start.log", "w") as log:
+            subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=ENV, check=True,
+                           stdout=log, stderr=subprocess.STDOUT, timeout=60)
         deadline = time.time() + 600
-        while re.search(r"\b(Queued|Running)\b", sh(repo, "dvc", "queue", "status")):
-            assert time.time() < deadline, "the queued experiments did not finish in 10 minutes"
+        while re.search(r"\b(Queued|Running)\b", status := sh(repo, "dvc", "queue", "status")):
+            if time.time() > deadline:
+                sh(repo, "dvc", "queue", "stop", "--kill")
+                pytest.fail(f"the queued experiments did not finish in 10 minutes:\n{status}")
             time.sleep(2)
-        status = sh(repo, "dvc", "queue", "status")
         assert status.count("Success") == len(queued), status
         sh(repo, "dvc", "queue", "stop")
         set_params(repo, new_lr)

@@ -20,7 +20,9 @@ def command(main):
     """Wrap a command's main(): its return value is the exit status (None is 0)."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops like Ctrl-C: state is kept
+        # `kill` stops like Ctrl-C, so state is kept; the caller's handler is back afterwards
+        # (a test that calls main() in its own process keeps its own)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return main(*args, **kwargs) or 0
         except UserError as e:
@@ -29,4 +31,6 @@ def command(main):
         except KeyboardInterrupt:
             print("interrupted; rerun the command to continue", file=sys.stderr)
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return wrapper
