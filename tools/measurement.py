@@ -17,6 +17,16 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def shown_argument(arg: str) -> str:
+    """A path outside the repository is the measuring machine's own: the file shows it as
+    /path/to/<name>, so that the docs never cite a path their readers do not have."""
+    if not (Path(arg).is_absolute() or arg.startswith("..")):
+        return arg
+    inside = Path(arg).resolve().is_relative_to(Path.cwd().resolve())
+    return arg if inside else f"/path/to/{Path(arg).name}"
+
+
 def write_measurement(path: Path, module: str, args: list[str], text: str) -> None:
     """`text` to `path`, under the command `python -m <module> <args>`, quoted for a shell."""
-    write_text(Path(path), f"`{shlex.join(['python', '-m', module, *args])}`\n\n{text.rstrip()}\n")
+    command = shlex.join(["python", "-m", module, *map(shown_argument, args)])
+    write_text(Path(path), f"`{command}`\n\n{text.rstrip()}\n")
