@@ -171,8 +171,8 @@ def test_queued_evaluations_are_restored_from_the_run_cache(repo):
         for v in queued:
             sh(repo, "dvc", "exp", "run", "--queue", "-n", f"eval-{v}", "-S",
                f"variants.{v}.lr={lr}", f"evaluate@{v}")
-        # The workers `queue start` forks keep its stdout and stderr open until they exit, so
-        # that a captured `queue start` would wait on them, with no bound; they write to a file.
+        # `queue start` returns at once, but the workers it forks hold its stdout and stderr
+        # until they exit: captured, it would wait on them without bound. So: a file.
         with open(repo.parent / "queue-start.log", "w") as log:
             subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=ENV, check=True,
                            stdout=log, stderr=subprocess.STDOUT, timeout=60)
