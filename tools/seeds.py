@@ -14,8 +14,8 @@ The chosen checkpoint depends on where early stopping ends each run, which on a 
 validation loss can decide more than the recipe does. `--curves` therefore also compares, seed by
 seed, each recipe's validation macro F1 and training loss averaged over the epochs that all runs
 of that seed trained, from the per-epoch DVCLive plots (`dvc plots diff` reads them from the
-cache of every experiment). `--by-seed` sets each recipe's final scores side by side seed by
-seed: the seed fixes the initial weights and the draws, so a recipe that scores higher in every
+cache of every experiment). `--by-seed` lists each recipe's final scores seed by seed, with
+two recipes also their difference: the seed fixes the initial weights and the draws, so a recipe that scores higher in every
 seed says more than two means whose spreads overlap.
 """
 from __future__ import annotations
@@ -166,24 +166,24 @@ def summary_table(group: list[dict]) -> str:
 
 
 def seed_table(groups: dict, labels: dict, variant: str) -> str:
-    """Per seed that every group evaluated `variant`: each group's scores, groups in the order
-    of their labels, and with two groups the second's minus the first's."""
+    """Per seed that every group evaluated `variant`: a row of scores per group, groups in the
+    order of their labels, and with two groups a row of the second's minus the first's."""
     keys = sorted(groups, key=lambda key: labels[key])
     by_seed = [{r["params"]["train"]["seed"]: r["metrics"][f"metrics/{variant}.json"]
                 for r in groups[key]} for key in keys]
     seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
     names = [labels[key] or "runs" for key in keys]
-    header = ["seed", *(f"{column}: {name}" for column, _ in BY_SEED for name in names)]
-    if len(names) == 2:
-        header += [f"{column}: {names[1]} minus {names[0]}" for column, _ in BY_SEED]
     rows = []
     for seed in seeds:
-        scores = [[lookup(s[seed], path) for s in by_seed] for _, path in BY_SEED]
-        cells = [f"{x:.3f}" if x is not None else "-" for values in scores for x in values]
+        scores = [[lookup(s[seed], path) for _, path in BY_SEED] for s in by_seed]
+        rows += [[seed, name, *(f"{x:.3f}" if x is not None else "-" for x in row)]
+                 for name, row in zip(names, scores)]
         if len(names) == 2:
-            cells += [f"{b - a:+.3f}" if None not in (a, b) else "-" for a, b in scores]
-        rows.append([seed, *cells])
-    return f"{variant}, seed by seed\n\n" + markdown_table(header, rows)
+            rows.append([seed, f"{names[1]} minus {names[0]}",
+                         *(f"{b - a:+.3f}" if None not in (a, b) else "-"
+                           for a, b in zip(*scores))])
+    return (f"{variant}, seed by seed\n\n"
+            + markdown_table(["seed", "runs", *(column for column, _ in BY_SEED)], rows))
 
 
 def curve_targets(variant: str) -> list[str]:
@@ -286,7 +286,7 @@ def main(argv=None) -> None:
     parser.add_argument("--curves", metavar="VARIANT",
                         help="also compare the groups that ran VARIANT epoch by epoch")
     parser.add_argument("--by-seed", metavar="VARIANT",
-                        help="also set the groups' scores for VARIANT side by side, seed by seed")
+                        help="also list the groups' scores for VARIANT seed by seed")
     parser.add_argument("--out", metavar="FILE",
                         help="also write the tables to FILE, under the command that made them")
     args = parser.parse_args(argv)
