@@ -15,8 +15,8 @@ validation loss can decide more than the recipe does. `--curves` therefore also 
 seed, each recipe's validation macro F1 and training loss averaged over the epochs that all runs
 of that seed trained, from the per-epoch DVCLive plots (`dvc plots diff` reads them from the
 cache of every experiment). `--by-seed` lists each recipe's final scores seed by seed, with
-two recipes also their difference: the seed fixes the initial weights and the draws, so a recipe that scores higher in every
-seed says more than two means whose spreads overlap.
+two recipes also their difference: the seed fixes the initial weights and the draws, so a recipe
+that scores higher in every seed says more than two means whose spreads overlap.
 """
 from __future__ import annotations
 
