@@ -5,7 +5,8 @@
 Writes metrics/<variant>.json (test and leak-free test metrics with bootstrap intervals and
 calibration, and the training summary) and reports/<variant>/: the classification report as JSON
 and text, per-image predictions (the confusion-matrix plot), and images: the confusion matrix,
-a reliability diagram and Grad-CAM overlays. Validation data is used only to fit the temperature.
+a reliability diagram and Grad-CAM overlays. Validation data is used only to fit the temperature
+and the out-of-distribution threshold, which `release` puts into the shipped checkpoint.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from src.lib.config import load_config
 from src.lib.data import load_split
 from src.lib.device import environment
 from src.lib.errors import command
-from src.lib.inference import classify, classify_prepared, framing, load_classifier
+from src.lib.inference import (
+    classify, classify_prepared, energy, energy_threshold, framing, load_classifier
+)
 from src.lib.io import read_json, write_json, write_text
 from src.lib.metrics import (
     expected_calibration_error, fit_temperature, report, report_text, test_metrics, with_interval,
@@ -55,7 +58,9 @@ def evaluate_variant(name: str) -> dict:
     clf = load_classifier(MODELS_DIR / name / "model.pt", variant.train.device)
     valid, test = load_split("valid"), load_split("test")
     classes = test["classes"]
-    temperature = fit_temperature(classify_prepared(clf, valid["images"]), valid["labels"])
+    valid_logits = classify_prepared(clf, valid["images"])
+    temperature = fit_temperature(valid_logits, valid["labels"])
+    threshold = energy_threshold(valid_logits)
     logits = classify_prepared(clf, test["images"])
     probabilities, scaled = logits.softmax(1).numpy(), (logits / temperature).softmax(1).numpy()
     predictions = probabilities.argmax(1)
@@ -70,7 +75,7 @@ def evaluate_variant(name: str) -> dict:
                f"{report_text(targets, predictions, classes)}\n"
                f"{name}: leak-free test ({int(leak_free.sum())} images)\n"
                f"{report_text(targets[leak_free], predictions[leak_free], classes)}")
-    write_predictions(name, test, probabilities)
+    write_predictions(name, test, probabilities, scaled)
     plots.confusion_matrix(confusion(targets, predictions, len(classes)), classes,
                            f"{name}: test", out / "images/confusion.png")
     plots.reliability_diagram(expected_calibration_error(probabilities, targets),
@@ -82,8 +87,11 @@ def evaluate_variant(name: str) -> dict:
                out / "images/gradcam.png")
 
     metrics = test_metrics(targets, probabilities, leak_free, classes, seed=variant.train.seed,
-                           scaled=scaled) | {
-        "temperature": round(temperature, 4), "evaluate": environment(clf.device, clf.dtype),
+                           groups=test["groups"], scaled=scaled) | {
+        "temperature": temperature,  # unrounded: release ships it, predict divides by it
+        "ood": {"energy_threshold": threshold,
+                "test_flagged": round(float((energy(logits) > threshold).float().mean()), 4)},
+        "evaluate": environment(clf.device, clf.dtype),
         "train": read_json(MODELS_DIR / name / "summary.json")}
     write_json(METRICS_DIR / f"{name}.json", metrics)
     return metrics

@@ -49,7 +49,7 @@ def main() -> None:
     classifier, val, C = best
     probabilities = classifier.predict_proba(pixels(test, size))
     metrics = test_metrics(test["labels"].numpy(), probabilities, test["leak_free"].numpy(),
-                           classes, seed=cfg.train.seed)
+                           classes, seed=cfg.train.seed, groups=test["groups"])
     metrics |= {"valid": val, "C": C}
     write_predictions("floor", test, probabilities)
     write_json(METRICS_DIR / "floor.json", metrics)

@@ -3,9 +3,11 @@
     python -m src.prepare [--workers N]
 
 Decodes every image once (with all cores from data.PARALLEL_FROM files) straight into the
-memory-mapped images file (one letterboxed row per file, at `prepare.image_size`); splits data
-that came without splits; removes leakage into test and duplicate groups whose labels conflict;
-computes the class balancing. Each split's JSON lists its rows of images.npy with labels and file
+memory-mapped images file (one letterboxed row per file, at `prepare.image_size`); groups images
+that must stay together (identical, near-duplicate, one patient's: src/lib/groups.py); splits
+data that came without splits by group; removes from train and valid every group member of a
+group with a test image, and identical images whose labels conflict; computes the class
+balancing. Each split's JSON lists its rows of images.npy with labels and file
 names. Writes the data report with its figures to reports/data/. The output does not depend on
 --workers.
 """
@@ -29,10 +31,11 @@ from src.lib.data import (
     IMAGES_FILE, PARALLEL_FROM, balance_weights, decode_image, letterbox, load_split, pixel_digest,
     process_pool
 )
-from src.lib.errors import command
+from src.lib.errors import UserError, command
 from src.lib.io import MappedArray, file_digest, markdown_table, write_json, write_text
 from src.lib.paths import DATA_REPORT_DIR, PREPARED_DIR, RAW_DIR
-from src.lib.raw import scan_raw
+from src.lib.groups import dicom_patient, group_records, perceptual_hash, read_groups_file
+from src.lib.raw import find_data_root, scan_raw
 from src.lib.transforms import augment
 
 _worker = {}  # each decoding process's open images file and settings
@@ -48,14 +51,17 @@ def _start_worker(*settings) -> None:
 
 
 def _decode_one(job) -> tuple[int, dict]:
-    """Decode file `row` into its row of the images file: its digests, or why it was skipped."""
+    """Decode file `row` into its row of the images file: its digests, perceptual hash and
+    (DICOM) patient, or why it was skipped."""
     row, path = job
     try:
         im = decode_image(path, _worker["window"])
     except Exception as e:  # any decoder failure skips the file; the report says why
         return row, {"reason": str(e).splitlines()[0] if str(e) else type(e).__name__}
     _worker["store"].write(row, letterbox(im, _worker["size"]).transpose(2, 0, 1))
-    return row, {"bytes": file_digest(path), "pixels": pixel_digest(im)}
+    patient = dicom_patient(path) if path.suffix.lower() == ".dcm" else None
+    return row, {"bytes": file_digest(path), "pixels": pixel_digest(im),
+                 "phash": perceptual_hash(im), "patient": patient}
 
 
 def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
@@ -86,12 +92,13 @@ def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
 
 
 def assign_splits(records: list[dict], split) -> None:
-    """For data without splits: per label, groups of identical images in a seeded order fill
-    train, then valid, then test, each group whole, so that no image has a copy in another
-    split. A group goes where its middle falls."""
+    """For data without splits: per label, groups (groups.group_records: identical images,
+    near-duplicates, one patient's slices) in a seeded order fill train, then valid, then test,
+    each group whole, so that nothing in one split has a copy or a sibling in another. A group
+    goes where its middle falls, under the label of its first image."""
     groups = defaultdict(list)
     for r in records:
-        groups[r["pixels"]].append(r)
+        groups[r["group"]].append(r)
     by_label = defaultdict(list)
     for members in groups.values():
         by_label[members[0]["file"].label].append(members)
@@ -109,44 +116,52 @@ def assign_splits(records: list[dict], split) -> None:
             placed += len(label_groups[k])
 
 
-def find_duplicates(records: list[dict]) -> dict:
-    """Group by decoded pixels, then decide per group what train and valid must lose.
+def find_leaks(records: list[dict]) -> dict:
+    """Per group (groups.group_records), what train and valid must lose:
 
     - a group with a test member: its train and valid members leak into test;
     - a group spanning train and valid: its valid members would reward memorizing train;
-    - a group whose train/valid members carry two labels: all of them are dropped.
-    The test split is never changed; its leak-free part is each group's first test image where
-    the group had no train or valid member."""
-    groups = defaultdict(list)
+    - identical images under two labels in train/valid: all of them are dropped (one slice
+      cannot be both; near-duplicates and one patient's slices may differ in label).
+    The test split is never changed; its leak-free part is the test images whose group has no
+    train or valid member, each set of identical ones counted once."""
+    groups, identical = defaultdict(list), defaultdict(list)
     for i, r in enumerate(records):
-        groups[r["pixels"]].append(i)
-    removed, leak_free = {}, set()
+        groups[r["group"]].append(i)
+        identical[r["pixels"]].append(i)
+    removed, leak_free, seen = {}, set(), set()
     stats = Counter()
-    for members in groups.values():
-        splits = {records[i]["file"].split for i in members}
-        byte_digests = {records[i]["bytes"] for i in members}
+    for members in identical.values():
         if len(members) > 1:
             stats["duplicate_groups"] += 1
             stats["duplicate_files"] += len(members)
-            stats["byte_identical_groups"] += len(byte_digests) == 1
-            stats["cross_split_groups"] += len(splits) > 1
-        test = [i for i in members if records[i]["file"].split == "test"]
-        if test and splits == {"test"}:
-            leak_free.add(test[0])
+            stats["byte_identical_groups"] += len({records[i]["bytes"] for i in members}) == 1
+    for members in groups.values():
+        splits = {records[i]["file"].split for i in members}
+        stats["cross_split_groups"] += len(splits) > 1
+        has_test = "test" in splits
         for i in members:
             split = records[i]["file"].split
-            if split != "test" and test:
-                removed[i] = "duplicate of a test image"
+            if split == "test" and splits == {"test"} and records[i]["pixels"] not in seen:
+                leak_free.add(i)
+                seen.add(records[i]["pixels"])
+            elif split != "test" and has_test:
+                removed[i] = "in a group with a test image"
             elif split == "valid" and "train" in splits:
-                removed[i] = "duplicate of a train image"
-        labels = {records[i]["file"].label for i in members
-                  if records[i]["file"].split != "test" and i not in removed}
-        if len(labels) > 1:
+                removed[i] = "in a group with a train image"
+    for members in identical.values():
+        kept = [i for i in members if records[i]["file"].split != "test" and i not in removed]
+        if len({records[i]["file"].label for i in kept}) > 1:
             stats["conflicting_label_groups"] += 1
-            for i in members:
-                if records[i]["file"].split != "test":
-                    removed.setdefault(i, "duplicate group with conflicting labels")
+            for i in kept:
+                removed[i] = "identical images with conflicting labels"
     return {"removed": removed, "leak_free": leak_free, "stats": dict(stats)}
+
+
+def groups_file(root, data) -> dict[str, str]:
+    """`data.groups` at the data root, where the dataset has one: file -> group."""
+    path = find_data_root(root, data.classes)[0] / data.groups
+    return read_groups_file(path) if data.groups and path.is_file() else {}
 
 
 def count_by(files, classes) -> dict:
@@ -159,12 +174,13 @@ def count_by(files, classes) -> dict:
     return out
 
 
-def split_index(kept, dup, *, classes, balance: str, size: int, dicom_window) -> dict:
-    """Per split, what {split}.json holds: its rows of the images file, labels, file names."""
+def split_index(kept, leaks, *, classes, balance: str, size: int, dicom_window) -> dict:
+    """Per split, what {split}.json holds: its rows of the images file, labels, file names;
+    train's class balancing, test's leak-free mask and groups (which the bootstrap resamples)."""
     splits = {}
     for split in SPLITS:
         idx = [i for i, r in enumerate(kept)
-               if r["file"].split == split and i not in dup["removed"]]
+               if r["file"].split == split and i not in leaks["removed"]]
         labels = [classes.index(kept[i]["file"].label) for i in idx]
         data = {"classes": list(classes), "image_size": size, "dicom_window": list(dicom_window),
                 "rows": [kept[i]["row"] for i in idx], "labels": labels,
@@ -174,12 +190,27 @@ def split_index(kept, dup, *, classes, balance: str, size: int, dicom_window) ->
                                       len(classes))
             data["sample_weights"], data["class_weights"] = (w.tolist() for w in weights)
         if split == "test":
-            data["leak_free"] = [i in dup["leak_free"] for i in idx]
+            data["leak_free"] = [i in leaks["leak_free"] for i in idx]
+            data["groups"] = [kept[i]["group"] for i in idx]
         splits[split] = data
     return splits
 
 
-def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance) -> dict:
+def check_every_class_left(index: dict, raw_counts: dict) -> None:
+    """Every split needs images of every class: the models, the class weights and every
+    per-class score assume them."""
+    for split, data in index.items():
+        for label, name in enumerate(data["classes"]):
+            if label not in data["labels"]:
+                raise UserError(
+                    f"prepare: no {name} images left in {split} ({raw_counts[split][name]} "
+                    "found, none left after decoding and duplicate removal; "
+                    f"{DATA_REPORT_DIR}/report.md is not rewritten); add {name} images to "
+                    f"{split}, or leave the data unsplit so that data.split divides it")
+
+
+def write_report(*, raw_counts, kept, leaks, near, skipped, splits, image_size,
+                 balance) -> dict:
     classes = splits["train"]["classes"]
     after = {s: {c: int((splits[s]["labels"] == i).sum()) for i, c in enumerate(classes)}
              for s in SPLITS}
@@ -192,9 +223,11 @@ def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance)
         "test_leak_free": {
             c: int((splits["test"]["labels"][splits["test"]["leak_free"]] == i).sum())
             for i, c in enumerate(classes)},
-        "duplicates": dup["stats"],
+        "duplicates": leaks["stats"],
+        "near_duplicates": [{"files": [kept[i]["file"].name, kept[j]["file"].name],
+                             "distance": d} for i, j, d in near],
         "removed": [{"file": kept[i]["file"].name, "reason": why}
-                    for i, why in sorted(dup["removed"].items())],
+                    for i, why in sorted(leaks["removed"].items())],
         "skipped": skipped,
     }
     write_json(DATA_REPORT_DIR / "report.json", report)
@@ -203,8 +236,11 @@ def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance)
     lines = ["# Data report", "", f"Letterboxed to {image_size}x{image_size}; balancing: {balance}.",
              "", counts.rstrip()]
     lines += ["", f"Leak-free test images: {sum(report['test_leak_free'].values())} "
-              f"{report['test_leak_free']}", "", "Duplicates: " + ", ".join(
-                  f"{k} {v}" for k, v in dup["stats"].items()), "",
+              f"{report['test_leak_free']}", "", "Groups: " + ", ".join(
+                  f"{k} {v}" for k, v in leaks["stats"].items()), "",
+              f"Near-duplicate pairs (pHash, not identical): {len(near)}",
+              *[f"- {' and '.join(n['files'])}: {n['distance']} bits"
+                for n in report["near_duplicates"]], "",
               f"Removed from train/valid: {len(report['removed'])}",
               *[f"- {r['file']}: {r['reason']}" for r in report["removed"]], "",
               f"Skipped files: {len(skipped)}",
@@ -213,8 +249,15 @@ def write_report(*, raw_counts, kept, dup, skipped, splits, image_size, balance)
     return report
 
 
-def write_figures(raw_counts, report, splits) -> None:
+def write_figures(raw_counts, report, splits, kept, near, images_path) -> None:
     classes = report["classes"]
+    if near:  # the farthest pairs, side by side: the merges a reader should judge
+        store = MappedArray(images_path)
+        shown = sorted(near, key=lambda n: -n[2])[:4]
+        plots.image_row(torch.from_numpy(store.read([kept[k]["row"] for i, j, _ in shown
+                                                     for k in (i, j)])),
+                        [f"{kept[k]['file'].name[-24:]}\n{d} bits" for i, j, d in shown
+                         for k in (i, j)], DATA_REPORT_DIR / "images/near_duplicates.png")
     plots.class_distribution({"found": raw_counts, "prepared": report["counts_prepared"]},
                              classes, DATA_REPORT_DIR / "images/class_distribution.png")
     plots.sample_grid(splits["train"]["images"], splits["train"]["labels"], classes,
@@ -251,23 +294,31 @@ def main(argv=None) -> None:
     print(f"decoded {len(files)} files in {time.perf_counter() - started:.1f} s with {workers} "
           f"process{'es' if workers > 1 else ''}")
     skipped += undecodable
+    grouping = group_records(kept, distance=cfg.prepare.near_duplicate_distance,
+                             groups=groups_file(RAW_DIR, cfg.data))
     if files and files[0].split is None:
         assign_splits(kept, cfg.data.split)
-    dup = find_duplicates(kept)
-    index = split_index(kept, dup, classes=cfg.data.labels, balance=cfg.prepare.balance,
+    leaks = find_leaks(kept)
+    leaks["stats"] |= {"groups": grouping["groups"], "patients": grouping["patients"],
+                       "near_duplicate_pairs": len(grouping["near_duplicate_pairs"])}
+    index = split_index(kept, leaks, classes=cfg.data.labels, balance=cfg.prepare.balance,
                         size=size, dicom_window=window)
+    raw_counts = count_by(files, cfg.data.labels)
+    check_every_class_left(index, raw_counts)
     for split, data in index.items():
         write_json(partial / f"{split}.json", data)
     splits = {s: load_split(s, partial) for s in SPLITS}
-    raw_counts = count_by(files, cfg.data.labels)
-    report = write_report(raw_counts=raw_counts, kept=kept, dup=dup, skipped=skipped,
-                          splits=splits, image_size=size, balance=cfg.prepare.balance)
-    write_figures(raw_counts, report, splits)
+    near = grouping["near_duplicate_pairs"]
+    report = write_report(raw_counts=raw_counts, kept=kept, leaks=leaks, near=near,
+                          skipped=skipped, splits=splits, image_size=size,
+                          balance=cfg.prepare.balance)
+    write_figures(raw_counts, report, splits, kept, near, partial / IMAGES_FILE)
     shutil.rmtree(PREPARED_DIR, ignore_errors=True)
     partial.rename(PREPARED_DIR)
     sizes = ", ".join(f"{s} {len(d['labels'])}" for s, d in index.items())
     print(f"prepared {sizes} images at {size}px; skipped {len(skipped)} files, removed "
-          f"{len(dup['removed'])} duplicates; report in {DATA_REPORT_DIR}/report.md")
+          f"{len(leaks['removed'])} leaked or conflicting images; report in "
+          f"{DATA_REPORT_DIR}/report.md")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
 """Stage `release`: ship the variant named by `model` in params.yaml.
 
-release/model.pt holds the weights with the labels and preprocessing settings (one file,
+release/model.pt holds the weights with the labels and preprocessing settings, and the
+temperature and out-of-distribution threshold that `evaluate` fitted on validation (one file,
 torch.load(weights_only=True)); release/metrics.json the headline metrics that `dvc exp show`
 displays; release/MODEL_CARD.md what the model is for, what it was trained on and how well it
 does, with its known problems.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 
+from src.lib.checkpoint import save_calibrated
 from src.lib.config import STUDY_CLASSES, load_config
 from src.lib.errors import command
-from src.lib.io import atomic_write, markdown_table, not_found, read_json, write_json, write_text
+from src.lib.io import markdown_table, not_found, read_json, write_json, write_text
 from src.lib.metrics import read_metrics, with_interval
 from src.lib.paths import DATA_REPORT_DIR, MODELS_DIR, RELEASE_DIR
 
@@ -86,7 +87,11 @@ states. `python -m src.predict` applies exactly this.
 
 ## Metrics
 Test split scored once. Intervals: bootstrap, 1000 resamples. ECE: expected calibration error,
-raw / after temperature scaling (T = {metrics['temperature']:.3g}, fitted on valid).
+raw / after temperature scaling (T = {metrics['temperature']:.3g}, fitted on valid). The shipped
+model gives the scaled probabilities (`predict --raw`: the softmax), and flags an input whose
+energy (-logsumexp of the logits) is above {metrics['ood']['energy_threshold']:.3g}, the 95th
+percentile on valid, as unlike the training data ({metrics['ood']['test_flagged']:.0%} of test
+images were).
 
 {table}
 Per-class F1 on the official test split: {per_class}.
@@ -108,7 +113,8 @@ def main() -> None:
         raise not_found(source)
     metrics = read_metrics(name)
     data = read_json(DATA_REPORT_DIR / "report.json")
-    atomic_write(RELEASE_DIR / "model.pt", lambda p: shutil.copyfile(source, p))
+    save_calibrated(source, RELEASE_DIR / "model.pt", temperature=metrics["temperature"],
+                    energy_threshold=metrics["ood"]["energy_threshold"])
     test = metrics["test"]
     headline = {"model": name, "test_accuracy": test["accuracy"],
                 "test_f1_macro": test["f1_macro"], "test_f1_weighted": test["f1_weighted"],

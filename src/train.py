@@ -3,8 +3,10 @@
     python -m src.train resnet50
 
 Frozen layers run in eval mode once per image and augmentation view (see engine.Batches); the
-trainable head trains on those activations. Early stopping on validation loss, as the study; the
-test split is not read here. Logs every epoch with DVCLive to dvclive/<variant>/.
+trainable head trains on those activations. Every random draw is keyed by the seed and what is
+drawn (engine.EpochDraws), so the run depends on its recipe alone. Early stopping on validation
+loss, as the study; the test split is not read here. Logs every epoch with DVCLive to
+dvclive/<variant>/.
 """
 from __future__ import annotations
 
@@ -22,9 +24,12 @@ from dvclive import Live
 from src.lib.checkpoint import save_checkpoint, torch_load, torch_save
 from src.lib.config import load_config
 from src.lib.data import IMAGES_FILE, load_split
-from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
+from src.lib.device import (
+    autocast_dtype, environment, pick_device, seed_everything, set_deterministic
+)
 from src.lib.engine import (
-    Batches, EarlyStopping, TrainingSetup, draw_order, train_one_epoch, training_setup, validate
+    Batches, EarlyStopping, EpochDraws, TrainingSetup, epoch_draws, train_one_epoch,
+    training_setup, validate
 )
 from src.lib.errors import UserError, command
 from src.lib.io import code_files, file_digest, write_json
@@ -52,12 +57,14 @@ class Progress:
 
 class Resume:
     """The whole training state, saved after every epoch outside DVC's outputs (which DVC deletes
-    before rerunning a stage). A rerun continues from it while `key` is unchanged."""
+    before rerunning a stage). A rerun continues from it while `key` is unchanged. It holds no
+    random generator's state, on the CPU or a GPU: every draw of an epoch comes from its own
+    seed (engine.EpochDraws), so a resumed run draws what the uninterrupted one would have."""
 
     def __init__(self, name: str, key: str):
         self.name, self.key, self.path = name, key, RESUME_DIR / f"{name}.pt"
 
-    def load(self, setup: TrainingSetup, model, generator) -> Progress | None:
+    def load(self, setup: TrainingSetup, model) -> Progress | None:
         if not self.path.exists():
             return None
         saved = torch_load(self.path)
@@ -68,21 +75,18 @@ class Resume:
         model.load_state_dict(saved["model"])
         setup.optimizer.load_state_dict(saved["optimizer"])
         setup.scaler.load_state_dict(saved["scaler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
         print(f"{self.name}: resuming after epoch {saved['epoch']} of an interrupted run")
         return Progress(stopper=EarlyStopping(**saved["stopper"]), epoch=saved["epoch"],
                         history=saved["history"], best=saved["best"],
                         best_weights=saved["best_weights"], seconds=saved["seconds"])
 
-    def save(self, progress: Progress, setup: TrainingSetup, model, generator) -> None:
+    def save(self, progress: Progress, setup: TrainingSetup, model) -> None:
         torch_save(self.path, {
             "key": self.key, "epoch": progress.epoch, "history": progress.history,
             "best": progress.best, "best_weights": progress.best_weights,
             "seconds": progress.seconds, "stopper": asdict(progress.stopper),
             "model": model.state_dict(), "optimizer": setup.optimizer.state_dict(),
-            "scaler": setup.scaler.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state()})
+            "scaler": setup.scaler.state_dict()})
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -107,11 +111,11 @@ def log_epoch(live: Live, logged: dict) -> None:
     live.next_step()
 
 
-def run_epoch(setup: TrainingSetup, valid_batches: Batches, order: torch.Tensor, *, variant,
+def run_epoch(setup: TrainingSetup, valid_batches: Batches, draws: EpochDraws, *, variant,
               device, dtype, epoch: int) -> tuple[dict, dict]:
-    """Train on `order`, then validate: (what DVCLive logs, the validation scores)."""
+    """Train on `draws`, then validate: (what DVCLive logs, the validation scores)."""
     t, name = variant.train, variant.name
-    train_scores = train_one_epoch(setup, order, t.batch_size, device=device, dtype=dtype,
+    train_scores = train_one_epoch(setup, draws, t.batch_size, device=device, dtype=dtype,
                                    desc=f"{name} epoch {epoch}")
     val_scores = validate(setup.head, valid_batches, batch_size=t.batch_size, device=device,
                           dtype=dtype)
@@ -129,7 +133,8 @@ def train_variant(name: str) -> dict:
     cfg = load_config()
     variant = cfg.variant(name)
     t = variant.train
-    seed_everything(t.seed)
+    set_deterministic(t.deterministic)
+    seed_everything(t.seed)  # the initial weights; training's draws are keyed (EpochDraws)
     device = pick_device(t.device)
     dtype = autocast_dtype(t.precision, device)
     train, valid = load_split("train"), load_split("valid")
@@ -140,15 +145,13 @@ def train_variant(name: str) -> dict:
     print(f"{name}: {variant.arch}, trains {variant.trainable} ({trainable:,} of {total:,} "
           f"parameters) on {run_env['device']} in {run_env['precision']}")
 
-    generator = torch.Generator().manual_seed(t.seed)
     started = time.perf_counter()
-    setup = training_setup(model, variant, train, device=device, dtype=dtype,
-                           generator=generator)
+    setup = training_setup(model, variant, train, device=device, dtype=dtype)
     valid_batches = Batches(valid["images"], valid["labels"], variant, device=device,
                             dtype=dtype, budget=setup.budget, prefix=setup.prefix)
     draws = t.draws_per_epoch or len(train["labels"])
     resume = Resume(name, run_key(variant))
-    progress = resume.load(setup, model, generator) or Progress(
+    progress = resume.load(setup, model) or Progress(
         EarlyStopping(t.patience, t.min_delta))
     started -= progress.seconds
 
@@ -160,17 +163,22 @@ def train_variant(name: str) -> dict:
                 print(f"{name}: early stop, no validation loss {t.min_delta} below the best "
                       f"for {t.patience} epochs")
                 break
-            order = draw_order(train["sample_weights"], draws, generator)
-            logged, val_scores = run_epoch(setup, valid_batches, order, variant=variant,
+            drawn = epoch_draws(t.seed, epoch, train["sample_weights"], draws, t.augment_views)
+            logged, val_scores = run_epoch(setup, valid_batches, drawn, variant=variant,
                                            device=device, dtype=dtype, epoch=epoch)
             log_epoch(live, logged)
             progress.record(epoch, logged, val_scores, model, time.perf_counter() - started)
-            resume.save(progress, setup, model, generator)
+            resume.save(progress, setup, model)
         summary = {"epochs": progress.epoch, "best_epoch": progress.stopper.best_epoch,
                    "train_seconds": round(time.perf_counter() - started, 1),
                    "trainable_params": trainable, "total_params": total,
                    "best": progress.best, **run_env}
         live.summary.update(summary)
+    if progress.best_weights is None:  # only an infinite loss never improves on the first
+        losses = ", ".join(f"{h['val/loss']:g}" for h in progress.history)
+        raise UserError(f"train@{name}: no epoch gave a finite validation loss ({losses}); "
+                        f"lower variants.{name}.lr (now {t.lr}) or set "
+                        f"variants.{name}.precision=fp32")
     save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights, train)
     write_json(MODELS_DIR / name / "summary.json", summary)
     resume.finish()

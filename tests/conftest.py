@@ -48,6 +48,28 @@ def make_dataset(root: Path, per_class: int = 2, seed: int = 0) -> Path:
     return root
 
 
+def prepared_sample(root: Path, **train) -> Path:
+    """The shipped sample downloaded and prepared in `root`, with `train` overrides in its
+    params.yaml; returns `root`."""
+    import shutil
+
+    from src import download, prepare
+    from src.lib.config import load_config
+    shutil.copytree(ROOT / "data/sample", root / "data/sample")
+    params = shipped_params()
+    params["data"]["source"] = "sample"
+    params["train"].update(train)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        download.fetch(load_config())
+        assert prepare.main([]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run a stage's code in an empty folder with the shipped params.yaml."""

@@ -1,5 +1,4 @@
 """Broken inputs, generated here, through `download` and `prepare`."""
-import errno
 import json
 import subprocess
 import sys
@@ -125,18 +124,47 @@ def test_zip_bomb_is_refused(in_tmp):
         download.fetch(use_local(in_tmp, archive, max_extract_mb=2))
 
 
-def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
-    target = tmp_path / "model.pt"
-    torch_save(target, {"version": 1})
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB file system (tmpfs; mounting needs root, as in CI)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
 
-    def full_disk(obj, f, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match=f"cannot write {target}: No space left on device"):
-        torch_save(target, {"version": 2})
-    monkeypatch.undo()
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(small_disk):
+    target = small_disk / "model.pt"
+    torch_save(target, {"version": 1})
+    with pytest.raises(UserError, match=f"cannot write {target}: the disk is full; free space"):
+        torch_save(target, {"version": 2, "weights": torch.zeros(2**17)})  # 512 KiB
     assert torch.load(target, weights_only=True) == {"version": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+    assert [p.name for p in small_disk.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+def test_a_training_cache_that_does_not_fit_on_disk_says_where_it_goes(small_disk, monkeypatch):
+    from src.lib.engine import Budget, RowCache
+    monkeypatch.setattr("tempfile.tempdir", str(small_disk))
+    with pytest.raises(UserError, match=r"rows.npy: the disk is full; .* or set TMPDIR"):
+        RowCache(1000, (3, 64, 64), torch.uint8, compute=None, budget=Budget(0), device="cpu")
+    assert not list(small_disk.rglob("*.npy"))
+
+
+def test_a_class_left_without_images_after_duplicate_removal_is_one_line(in_tmp,
+                                                                        tmp_path_factory, capsys):
+    data = make_dataset(tmp_path_factory.mktemp("data"))
+    valid, test = data / "Data/valid/normal", data / "Data/test/normal"
+    for i, image in enumerate(sorted(valid.iterdir())):  # every valid normal leaks into test
+        (test / f"copy {i}.png").write_bytes(image.read_bytes())
+    download.fetch(use_local(in_tmp, data))
+    assert prepare.main([]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: prepare: no normal images left in valid (2 found, none left after decoding and "
+        "duplicate removal;")
+    assert not (in_tmp / "data/prepared").exists()
 
 
 def test_an_unwritable_folder_is_one_line(tmp_path):

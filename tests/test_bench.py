@@ -46,12 +46,12 @@ def test_bench_out_writes_what_it_printed_under_the_command_that_made_it(in_tmp)
 
 
 def test_bench_startup_names_the_heavy_libraries_each_stage_loads():
-    done = bench("--startup", "src.release", "src.train")
+    done = bench("--startup", "src.download", "src.train")
     rows = {row[0]: row[1:] for row in (line.strip("| ").split(" | ")
                                          for line in done.stdout.splitlines()
                                          if line.startswith("| src."))}
-    assert list(rows) == ["src.release", "src.train"]
-    assert rows["src.release"][2] == "none"
+    assert list(rows) == ["src.download", "src.train"]
+    assert rows["src.download"][2] == "none"
     assert rows["src.train"][2].split(", ") == ["torch", "torchvision", "torch._dynamo"]
     for seconds, ratio, _ in rows.values():  # timings parse; their values are not asserted
         assert re.fullmatch(r"\d+\.\d+", seconds) and re.fullmatch(r"\d+\.\d+x", ratio)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from src import prepare
 from src.lib import data
@@ -17,7 +17,7 @@ from src.lib.io import MappedArray, write_json
 from src.lib.raw import find_data_root, label_of, scan_raw
 from src.lib.transforms import preset
 from tests.conftest import (
-    LONG_NAMES, SHORT_NAMES, make_dataset, prepared_images, random_image, shipped_params
+    LONG_NAMES, ROOT, SHORT_NAMES, make_dataset, prepared_images, random_image, shipped_params
 )
 
 KAGGLE = parse_config(shipped_params()).data.classes  # the default `data.classes`
@@ -99,16 +99,16 @@ def test_class_folders_without_splits_are_found_anywhere_under_the_root(tmp_path
 
 
 def records(groups: dict[str, list[int]]) -> list[dict]:
-    """prepare's records for assign_splits: per label, group sizes (identical images)."""
+    """prepare's records for assign_splits: per label, group sizes."""
     out = []
     for label, sizes in groups.items():
         for g, size in enumerate(sizes):
-            out += [{"file": SimpleNamespace(label=label, split=None), "pixels": f"{label}{g}"}
+            out += [{"file": SimpleNamespace(label=label, split=None), "group": f"{label}{g}"}
                     for _ in range(size)]
     return out
 
 
-def test_splitting_is_stratified_seeded_and_keeps_identical_images_together():
+def test_splitting_is_stratified_seeded_and_keeps_groups_together():
     recs = records({"a": [1] * 70 + [5] * 6, "b": [1] * 40})  # a: 100 images, b: 40
     prepare.assign_splits(recs, SplitConfig(train=0.7, valid=0.15, test=0.15, seed=1))
     counts = Counter((r["file"].label, r["file"].split) for r in recs)
@@ -116,7 +116,7 @@ def test_splitting_is_stratified_seeded_and_keeps_identical_images_together():
     assert (counts["b", "train"], counts["b", "valid"], counts["b", "test"]) == (28, 6, 6)
     by_group = defaultdict(set)
     for r in recs:
-        by_group[r["pixels"]].add(r["file"].split)
+        by_group[r["group"]].add(r["file"].split)
     assert all(len(splits) == 1 for splits in by_group.values())
     again = records({"a": [1] * 70 + [5] * 6, "b": [1] * 40})
     prepare.assign_splits(again, SplitConfig(train=0.7, valid=0.15, test=0.15, seed=1))
@@ -124,6 +124,23 @@ def test_splitting_is_stratified_seeded_and_keeps_identical_images_together():
     other = records({"a": [1] * 70 + [5] * 6, "b": [1] * 40})
     prepare.assign_splits(other, SplitConfig(train=0.7, valid=0.15, test=0.15, seed=2))
     assert [r["file"].split for r in other] != [r["file"].split for r in recs]
+
+
+def prepared_splits(files, folder, *, distance: int = 2, groups=None):
+    """`prepare`'s steps on scanned files: (records, undecodable, splits, removed file -> why)."""
+    kept, undecodable = prepare.decode_all(files, folder / "images.npy", size=32,
+                                           dicom_window=(-600, 1500), workers=1)
+    prepare.group_records(kept, distance=distance, groups=groups or {})
+    if files[0].split is None:
+        prepare.assign_splits(kept, SplitConfig(train=0.5, valid=0.25, test=0.25, seed=0))
+    leaks = prepare.find_leaks(kept)
+    index = prepare.split_index(kept, leaks, classes=sorted(KAGGLE), balance="oversample",
+                                size=32, dicom_window=(-600, 1500))
+    for split, split_index in index.items():
+        write_json(folder / f"{split}.json", split_index)
+    splits = {s: load_split(s, folder) for s in ("train", "valid", "test")}
+    return kept, undecodable, splits, {kept[i]["file"].name: why
+                                       for i, why in leaks["removed"].items()}
 
 
 def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monkeypatch):
@@ -146,23 +163,15 @@ def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monk
     (d / "train/normal/.DS_Store").write_bytes(b"\0\0")
 
     files, skipped = scan_raw(root, KAGGLE)
-    kept, undecodable = prepare.decode_all(files, tmp_path / "images.npy", size=32,
-                                           dicom_window=(-600, 1500), workers=1)
-    dup = prepare.find_duplicates(kept)
-    index = prepare.split_index(kept, dup, classes=sorted(KAGGLE), balance="oversample",
-                                size=32, dicom_window=(-600, 1500))
-    for split, split_index in index.items():
-        write_json(tmp_path / f"{split}.json", split_index)
-    splits = {s: load_split(s, tmp_path) for s in ("train", "valid", "test")}
-    removed = {kept[i]["file"].name: why for i, why in dup["removed"].items()}
+    kept, undecodable, splits, removed = prepared_splits(files, tmp_path)
 
+    conflict = "identical images with conflicting labels"
     assert removed == {
-        "train/normal/leak copy.png": "duplicate of a test image",
-        "valid/normal/leak (2).png": "duplicate of a test image",
-        f"train/{LONG_NAMES['adenocarcinoma']}/twin.png": "duplicate group with conflicting labels",
-        f"train/{LONG_NAMES['squamous_cell_carcinoma']}/twin.png":
-            "duplicate group with conflicting labels",
-        f"valid/{LONG_NAMES['large_cell_carcinoma']}/cross.png": "duplicate of a train image",
+        "train/normal/leak copy.png": "in a group with a test image",
+        "valid/normal/leak (2).png": "in a group with a test image",
+        f"train/{LONG_NAMES['adenocarcinoma']}/twin.png": conflict,
+        f"train/{LONG_NAMES['squamous_cell_carcinoma']}/twin.png": conflict,
+        f"valid/{LONG_NAMES['large_cell_carcinoma']}/cross.png": "in a group with a train image",
     }
     assert [s["file"] for s in skipped] == ["train/normal/.DS_Store"]
     assert [s["file"] for s in undecodable] == ["test/normal/broken.png"]
@@ -176,6 +185,50 @@ def test_prepare_removes_leaks_and_conflicts_and_keeps_test_whole(tmp_path, monk
     assert first.shape == (3, 32, 32) and first.dtype == torch.uint8
     source = next(f.path for f in files if f.name == splits["train"]["files"][0])
     assert torch.equal(first, torch.from_numpy(letterbox(decode_rgb(source), 32)).permute(2, 0, 1))
+
+
+def test_near_duplicates_of_a_test_image_are_removed_from_train(tmp_path):
+    root = make_dataset(tmp_path / "raw", per_class=2)
+    d = root / "Data"
+    original = decode_rgb(ROOT / "data/sample/Data/test/adenocarcinoma/000114.png")  # a real slice
+    original.save(d / "test/adenocarcinoma/original.png")
+    train = d / f"train/{LONG_NAMES['adenocarcinoma']}"
+    original.save(train / "re-encoded.jpg", quality=70)
+    ImageEnhance.Brightness(original).enhance(1.15).save(train / "brighter.png")
+    shifted = Image.new("RGB", original.size)
+    shifted.paste(original, (2, 1))
+    shifted.save(train / "shifted.png")
+    kept, _, splits, removed = prepared_splits(scan_raw(root, KAGGLE)[0], tmp_path)
+    assert removed == {f"train/{LONG_NAMES['adenocarcinoma']}/{name}":
+                       "in a group with a test image"
+                       for name in ("re-encoded.jpg", "brighter.png", "shifted.png")}
+    leak_free = dict(zip(splits["test"]["files"], splits["test"]["leak_free"].tolist()))
+    assert leak_free["test/adenocarcinoma/original.png"] is False
+    assert sum(leak_free.values()) == 4 * 2  # the random images are no one's near-duplicates
+
+
+@pytest.mark.parametrize("source", ["DICOM PatientID", "groups file"])
+def test_slices_of_one_patient_never_cross_a_split(tmp_path, source):
+    from tests.test_dicom import ct_slice
+    rng = np.random.default_rng(0)
+    root, groups = tmp_path / "raw", {}
+    for label in STUDY_CLASSES:
+        (root / label).mkdir(parents=True)
+        for patient in range(4):
+            for k in range(3):  # three different slices of each patient
+                name = f"{label}/p{patient} s{k}.dcm"
+                ds = ct_slice(rng.integers(-1000, 400, (48, 64)))
+                if source == "DICOM PatientID":
+                    ds.PatientID = f"{label}-{patient}"
+                else:
+                    groups[name] = f"{label}-{patient}"
+                ds.save_as(root / name, enforce_file_format=True)
+    kept, _, _, _ = prepared_splits(scan_raw(root, KAGGLE)[0], tmp_path, groups=groups)
+    patients = defaultdict(set)
+    for r in kept:
+        patients[r["file"].name.split(" s")[0]].add(r["file"].split)
+    assert len(patients) == 16 and all(len(splits) == 1 for splits in patients.values())
+    assert {r["file"].split for r in kept} == {"train", "valid", "test"}
 
 
 def test_balance_weights():

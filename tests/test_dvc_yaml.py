@@ -28,8 +28,8 @@ def test_stages_read_only_their_own_params():
     assert params["train"] == ["train", "variants.${key}"]
     assert params["evaluate"] == ["train", "variants.${key}"]
     assert params["release"] == ["model", "train", "variants.${model}"]  # the model card's
-    assert params["prepare"] == ["prepare", "data.classes", "data.split"]
-    assert "data.split" not in params["download"]
+    assert params["prepare"] == ["prepare", "data.classes", "data.split", "data.groups"]
+    assert "data.split" not in params["download"] and "data.groups" not in params["download"]
 
 
 def test_every_stage_says_what_it_does():
@@ -47,7 +47,7 @@ def test_only_metrics_and_plots_skip_the_cache_so_every_stage_is_run_cached():
 # import, paid by every run of the stage (15 processes in a full `dvc repro`).
 UNUSED_LIBRARIES = {"src.download": {"torch", "numpy", "sklearn"},
                     "src.compare": {"torch", "sklearn"},
-                    "src.release": {"torch", "sklearn"},
+                    "src.release": {"sklearn"},  # it writes a checkpoint: torch
                     "src.train": {"sklearn", "matplotlib"}}
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from src.lib.config import parse_config
 from src.lib.device import grad_scaler
-from src.lib.engine import (Batches, Budget, RowCache, TrainingSetup, slot_draws,
+from src.lib.engine import (Batches, Budget, RowCache, TrainingSetup, epoch_draws, slot_draws,
                              train_one_epoch, validate)
 from src.lib.transforms import model_input
 from tests.conftest import prepared_images, shipped_params
@@ -37,8 +37,8 @@ def one_epoch(scaler, folder) -> float:
     setup = TrainingSetup(head=head, prefix=None, batches=batches,
                           optimizer=torch.optim.SGD(head.parameters(), lr=1.0),
                           criterion=tiny_loss, scaler=scaler, budget=Budget(0))
-    scores = train_one_epoch(setup, torch.arange(16), 8, device=CPU, dtype=torch.float16,
-                             desc="test")
+    draws = epoch_draws(0, 1, torch.ones(16), 16, views=1)
+    scores = train_one_epoch(setup, draws, 8, device=CPU, dtype=torch.float16, desc="test")
     assert math.isfinite(scores["loss"])
     return (head[1].weight.detach() - before).abs().max().item()
 
@@ -111,42 +111,42 @@ def test_row_cache_computes_each_row_once_when_first_drawn(megabytes):
     assert torch.equal(second[1], compute.fn(torch.tensor([4]))[0])
 
 
-def prefix_batches(folder, megabytes: int, draws: int) -> tuple[Batches, Counted]:
+def prefix_batches(folder, megabytes: int) -> tuple[Batches, Counted]:
     """Training batches of a frozen linear prefix over 12 random 8x8 images, 3 views."""
     torch.manual_seed(0)
     images = prepared_images(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8), folder)
     prefix = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
     batches = Batches(images, torch.arange(12) % 4, variant(augment_views=3, batch_size=4),
-                      device=CPU, dtype=None, budget=Budget(megabytes), prefix=prefix,
-                      train=True, generator=torch.Generator().manual_seed(0), draws=draws)
+                      device=CPU, dtype=None, budget=Budget(megabytes), prefix=prefix, train=True)
     batches.features.compute = Counted(batches.features.compute)
     return batches, batches.features.compute
 
 
-def test_prefix_outputs_fit_and_are_drawn_enough_so_all_are_computed_up_front(tmp_path):
-    batches, compute = prefix_batches(tmp_path, megabytes=1, draws=36)
-    assert batches.features.done.all()  # 3 views x 12 images, in a fixed order
-    batches.get(torch.arange(12))
-    assert compute.asked == []
-
-
-@pytest.mark.parametrize("megabytes,draws", [(0, 1000), (1, 10)],
-                         ids=["too big for memory", "more than training draws"])
-def test_otherwise_prefix_outputs_are_computed_when_first_drawn(tmp_path, megabytes, draws):
-    batches, compute = prefix_batches(tmp_path, megabytes, draws)
+@pytest.mark.parametrize("megabytes", [1, 0], ids=["in memory", "on disk"])
+def test_prefix_outputs_are_computed_when_first_drawn(tmp_path, megabytes):
+    batches, compute = prefix_batches(tmp_path, megabytes)
     assert not batches.features.done.any()
-    (features,) = batches.get(torch.tensor([5, 7]))
-    assert len(compute.asked) == 2 and {s % 12 for s in compute.asked} == {5, 7}
+    (features,) = batches.get(torch.tensor([5, 7]), view=torch.tensor([2, 0]))
+    assert sorted(compute.asked) == [7, 2 * 12 + 5]  # slot = view x 12 + image
     # each is the prefix's output for its image's view, augmented by its own seeded draws
-    slot = torch.tensor(compute.asked[:1])
-    image = batches.frames.get(slot % 12)
-    expected = batches.prefix(model_input(image, "resnet50", draws=slot_draws(0, slot)))
-    got = features[0 if slot.item() % 12 == 5 else 1]
-    assert torch.allclose(got.flatten(), expected.flatten(), atol=1e-6)
+    image = batches.frames.get(torch.tensor([5]))
+    expected = batches.prefix(model_input(image, "resnet50", draws=slot_draws(
+        batches.seed, torch.tensor([5]), torch.tensor([2]))))
+    assert torch.allclose(features[0].flatten(), expected.flatten(), atol=1e-6)
 
 
 def test_outputs_computed_when_drawn_do_not_depend_on_the_order_of_draws(tmp_path):
-    a, _ = prefix_batches(tmp_path / "a", megabytes=0, draws=1000)
-    b, _ = prefix_batches(tmp_path / "b", megabytes=1, draws=10)
+    a, _ = prefix_batches(tmp_path / "a", megabytes=0)
+    b, _ = prefix_batches(tmp_path / "b", megabytes=1)
     slots = torch.tensor([0, 13, 35, 7])
     assert torch.equal(a.features.get(slots), b.features.get(slots.flip(0)).flip(0))
+
+
+def test_an_epochs_draws_depend_on_the_seed_and_the_epoch_alone():
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    second = epoch_draws(7, 2, weights, 50, views=8)
+    again = epoch_draws(7, 2, weights, 50, views=8)
+    assert all(torch.equal(getattr(second, k), getattr(again, k))
+               for k in ("order", "view", "augment"))
+    assert not torch.equal(epoch_draws(7, 1, weights, 50, views=8).order, second.order)
+    assert not torch.equal(epoch_draws(8, 2, weights, 50, views=8).order, second.order)

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,42 @@ def test_grad_cam_is_input_sized_and_peaks_on_the_planted_feature():
     row, col = divmod(int(heatmap[0].argmax()), 32)
     assert 20 <= row < 26 and 4 <= col < 10
     assert heatmap[0, :10, 16:].max() == 0  # nothing where the image is empty
+
+
+def test_holm_adjusts_the_kth_smallest_of_m_p_values_by_m_minus_k_plus_one():
+    from src.lib.metrics import holm
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1, then kept monotone: 0.04 becomes 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def write_rows(name: str, rows: list[tuple[str, str, str]]) -> None:
+    from src.lib.io import write_json
+    write_json(Path(f"reports/{name}/predictions.json"), [
+        {"file": f, "actual": actual, "predicted": predicted, "leak_free": True,
+         "probabilities": {"a": 0.5, "b": 0.5}} for f, actual, predicted in rows])
+
+
+def test_compare_pairs_predictions_by_file_and_refuses_different_images(in_tmp):
+    from src.compare import paired
+    from src.lib.errors import UserError
+    write_rows("ours", [("x.png", "a", "a"), ("y.png", "b", "a")])
+    write_rows("released", [("y.png", "b", "b"), ("x.png", "a", "b")])  # another order
+    ours, theirs = paired("ours", "released")
+    assert ours["files"].tolist() == ["x.png", "y.png"] and theirs.tolist() == [1, 1]
+    write_rows("other", [("x.png", "a", "a"), ("z.png", "b", "a")])
+    with pytest.raises(UserError, match="reports/other/predictions.json and reports/released/"
+                                        "predictions.json do not list the same test images"):
+        paired("other", "released")
+
+
+def test_bootstrap_resamples_whole_groups_so_copies_do_not_narrow_the_interval():
+    # 24 images, 3 in 4 right, each present 4 times: by image the interval is that of 96
+    # independent images, by group that of the 24 there are, about twice as wide
+    targets = np.arange(24) % 4
+    predictions = np.where(np.arange(24) % 4 == 0, (targets + 1) % 4, targets)
+    copies = np.repeat(np.arange(24), 4)
+    by_image = bootstrap_ci(targets[copies], predictions[copies], 4, seed=3)["accuracy"]
+    by_group = bootstrap_ci(targets[copies], predictions[copies], 4, groups=copies,
+                            seed=3)["accuracy"]
+    assert (by_group[1] - by_group[0]) > 1.6 * (by_image[1] - by_image[0])

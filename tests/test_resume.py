@@ -12,9 +12,7 @@ import pytest
 import torch
 import yaml
 
-from src import download, prepare
-from src.lib.config import load_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, prepared_sample
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -29,22 +27,8 @@ def stage(workdir, *args, check=True):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The shipped sample, downloaded and prepared, with a small CNN recipe."""
-    root = tmp_path_factory.mktemp("prepared")
-    shutil.copytree(ROOT / "data/sample", root / "data/sample")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["source"] = "sample"
-    params["train"].update(weights="none", max_epochs=3, patience=10, draws_per_epoch=320,
-                           augment_views=1)
-    params["variants"]["cnn"]["image_size"] = 64
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        download.fetch(load_config())
-        assert prepare.main([]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return prepared_sample(tmp_path_factory.mktemp("prepared"), weights="none", max_epochs=3,
+                           patience=10, draws_per_epoch=320, augment_views=1)
 
 
 def copy_of(prepared, tmp_path, name):
@@ -131,3 +115,17 @@ def test_an_interrupted_run_with_other_params_starts_afresh(prepared, tmp_path):
     result = stage(work, "src.train", "cnn")
     assert "starting afresh" in result.stdout and "resuming" not in result.stdout
     assert json.loads((work / "models/cnn/summary.json").read_text())["epochs"] == 3
+
+
+def test_a_run_whose_validation_loss_never_improves_is_one_line_and_saves_nothing(
+        prepared, tmp_path, monkeypatch):
+    from src import train
+    from src.lib.errors import UserError
+    work = copy_of(prepared, tmp_path, "never")
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(train, "validate", lambda *a, **k: {
+        "loss": float("inf"), "acc": 0.25, "f1_macro": 0.1, "f1_weighted": 0.1})
+    with pytest.raises(UserError, match=r"train@cnn: no epoch gave a finite validation loss "
+                                        r"\(inf, inf, inf\); lower variants.cnn.lr"):
+        train.train_variant("cnn")
+    assert not (work / "models/cnn/model.pt").exists()

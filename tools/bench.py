@@ -66,7 +66,7 @@ from src.lib.checkpoint import save_checkpoint
 from src.lib.config import load_config
 from src.lib.data import IMAGES_FILE, PreparedImages, balance_weights, decode_rgb, letterbox
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
-from src.lib.engine import draw_order, train_one_epoch, training_setup
+from src.lib.engine import epoch_draws, train_one_epoch, training_setup
 from src.lib.errors import UserError, command
 from src.lib.inference import classify, load_classifier, read_image
 from src.lib.io import MappedArray, markdown_row, markdown_table
@@ -145,17 +145,15 @@ def run_pipeline(variant, *, epochs: int, draws: int, device, compiled: bool = F
     t = variant.train
     dtype = autocast_dtype(t.precision, device)
     model = build_model(variant, len(classes)).to(device, memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(t.seed)
     train = {"images": images, "labels": labels, "class_weights": class_weights}
-    setup = training_setup(model, variant, train, device=device, dtype=dtype,
-                           generator=generator)
+    setup = training_setup(model, variant, train, device=device, dtype=dtype)
     if compiled:
         setup.head = torch.compile(setup.head)
     setup_seconds = time.perf_counter() - start
 
     def epoch(i):
-        order = draw_order(sample_weights, draws, generator)
-        train_one_epoch(setup, order, t.batch_size, device=device, dtype=dtype,
+        drawn = epoch_draws(t.seed, i + 1, sample_weights, draws, t.augment_views)
+        train_one_epoch(setup, drawn, t.batch_size, device=device, dtype=dtype,
                         desc=f"epoch {i + 1}")
     return setup_seconds, timed_epochs(epochs, epoch)
 

@@ -4,6 +4,7 @@ and preprocessing), readable with torch.load(weights_only=True). Also the one sa
 and read any torch file (train's resume state too)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -22,7 +23,11 @@ FIELDS = ("format_version", "state_dict", "variant", "arch", "trainable", "image
 
 
 def torch_save(path: Path, obj) -> None:
-    atomic_write(path, lambda p: torch.save(obj, p))
+    """Serialized in memory, then written as bytes: torch.save writing a file itself reports a
+    full disk as its own RuntimeError ("unexpected pos ..."), a plain write as ENOSPC."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda p: p.write_bytes(buffer.getbuffer()))
 
 
 def torch_load(path: Path):
@@ -49,6 +54,15 @@ def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict, train:
                       "dicom_window": train["dicom_window"], "framing": t.framing,
                       "intensity": t.intensity, "precision": t.precision,
                       "classes": train["classes"], **NORMALIZATION[variant.arch]})
+
+
+def save_calibrated(source: Path, path: Path, *, temperature: float,
+                    energy_threshold: float) -> None:
+    """The checkpoint at `source` with what `evaluate` fitted on validation: the temperature its
+    logits are divided by before the softmax, and the energy above which an input is flagged as
+    unlike the training data (inference.energy). `predict` uses both when present."""
+    torch_save(path, torch_load(source) | {"temperature": temperature,
+                                           "energy_threshold": energy_threshold})
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:

@@ -38,6 +38,7 @@ class DataConfig:
     max_extract_mb: int
     classes: dict  # label -> tuple of folder-name prefixes
     split: SplitConfig
+    groups: str    # file -> group CSV at the data root, used where present
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -59,6 +60,7 @@ class PrepareConfig:
     balance: str
     dicom_window_center: float
     dicom_window_width: float
+    near_duplicate_distance: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class TrainConfig:
     intensity: str
     augment: str
     cache_mb: int
+    deterministic: bool
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ def _check_type(value, type_name: str, key: str):
     if type_name == "list" and (not isinstance(value, list) or not value or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
         raise ConfigError(f"{key}: expected a list of positive numbers, got {value!r}")
+    if type_name == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if type_name == "str" and not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     return value
@@ -256,6 +261,10 @@ def parse_config(raw) -> Config:
         raise ConfigError(f"prepare.dicom_window_width: {prepare.dicom_window_width:g} must be "
                           "positive (the lung window: 1500)")
     _at_least(prepare.image_size, 32, "prepare.image_size")
+    _at_least(prepare.near_duplicate_distance, 0, "prepare.near_duplicate_distance")
+    if prepare.near_duplicate_distance > 16:
+        raise ConfigError(f"prepare.near_duplicate_distance: {prepare.near_duplicate_distance} "
+                          "of 64 bits would join unrelated images; use 0 to 16")
     _one_of(prepare.balance, ("oversample", "class_weights", "none"), "prepare.balance")
     floor = _typed(FloorConfig, raw["floor"], "floor")
     _at_least(floor.image_size, 4, "floor.image_size")

@@ -1,8 +1,10 @@
 """Where and in which precision the networks run: device choice, autocast, loss scaling,
-memory format and seeding."""
+memory format, seeding and the keyed random streams of a training run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -16,6 +18,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def draw_seed(seed: int, *key) -> int:
+    """The seed of one named draw of a run, e.g. ("order", epoch) or ("view", image, view): a
+    pure function of the recipe's seed and what is drawn. Every random draw of training comes
+    from such a seed, never from a generator whose state depends on what was drawn before, so
+    cache size, memory or disk, precision, device or max_epochs cannot change a draw."""
+    digest = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are below 2**63
+
+
+def keyed_generator(seed: int, *key) -> torch.Generator:
+    return torch.Generator().manual_seed(draw_seed(seed, *key))
+
+
+def set_deterministic(on: bool) -> None:
+    """`train.deterministic`: PyTorch's deterministic algorithms, for bit-identical GPU runs
+    (cuDNN without autotuning, cuBLAS with a fixed workspace); an operation with no
+    deterministic implementation then stops the run with PyTorch's error, naming it. The CPU's
+    kernels already give the same bits run after run."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = on
 
 
 def pick_device(name: str) -> torch.device:

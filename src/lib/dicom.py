@@ -52,6 +52,15 @@ def read_dicom(path: Path, center: float, width: float) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def modality(path: Path) -> str | None:
+    """The DICOM file's Modality ("CT", "MR", ...), read from its header alone; None for a file
+    that is not DICOM or does not say."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True).get("Modality") or None
+    except (InvalidDicomError, OSError):
+        return None
+
+
 def _number(ds: pydicom.Dataset, keyword: str, default: float) -> float:
     value = ds.get(keyword)
     return default if value in (None, "") else float(value)

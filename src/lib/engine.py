@@ -12,7 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from src.lib.device import autocast, channels_last, grad_scaler
+from src.lib.device import (
+    autocast, channels_last, draw_seed, grad_scaler, keyed_generator
+)
+from src.lib.errors import UserError
 from src.lib.io import MappedArray
 from src.lib.models import forward_train, set_train_mode, split_frozen
 from src.lib.scores import confusion, scores_from_confusion
@@ -54,8 +57,13 @@ class RowCache:
             self._folder = tempfile.TemporaryDirectory(prefix="chest-ct-cache-")
             # numpy has no bfloat16: its 16 bits are stored as int16 and viewed back
             stored = torch.int16 if dtype == torch.bfloat16 else dtype
-            self.file = MappedArray.create(Path(self._folder.name) / "rows.npy", (n, *row_shape),
-                                           torch.empty(0, dtype=stored).numpy().dtype)
+            try:
+                self.file = MappedArray.create(Path(self._folder.name) / "rows.npy",
+                                               (n, *row_shape),
+                                               torch.empty(0, dtype=stored).numpy().dtype)
+            except UserError as e:
+                raise UserError(f"{e}, or set TMPDIR to a folder on a larger disk (training's "
+                                "caches go there beyond train.cache_mb)") from None
 
     @property
     def in_memory(self) -> bool:
@@ -82,31 +90,55 @@ class RowCache:
                 ).to(self.device)
 
 
-def slot_draws(seed: int, slots: torch.Tensor) -> torch.Tensor:
-    """The augmentation draws of cache slots computed when first drawn: seeded by the run's
-    seed and the slot (image and view), so they do not depend on the order of draws."""
-    return torch.stack([torch.rand(7, generator=torch.Generator().manual_seed(
-        seed * 2**32 + int(slot))) for slot in slots])
+def slot_draws(seed: int, images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """The augmentation draws [N,7] of cached views: each a function of the seed, the image and
+    the view alone, so a view is the same whenever, and in whatever company, it is computed."""
+    return torch.stack([torch.rand(7, generator=keyed_generator(seed, "view", int(i), int(v)))
+                        for i, v in zip(images, views)])
+
+
+@dataclass(frozen=True)
+class EpochDraws:
+    """Every random draw of one training epoch, made up front from its own seed: the images in
+    order (the study's weighted sampler), the cached view of each draw (frozen prefix) and the
+    augmentation of each draw (everything trains). Epoch e draws the same whatever came before
+    it and however many epochs follow; dropout is seeded per step from the same key."""
+    seed: int
+    epoch: int
+    order: torch.Tensor    # int64 [draws], indices into the training split
+    view: torch.Tensor     # int64 [draws], in [0, augment_views)
+    augment: torch.Tensor  # float32 [draws, 7], uniform in [0,1) (transforms.augment)
+
+    def seed_step(self, step: int) -> None:
+        """Dropout's masks for step `step`: the global generators (CPU and every GPU) from the
+        step's own seed."""
+        torch.manual_seed(draw_seed(self.seed, "step", self.epoch, step))
+
+
+def epoch_draws(seed: int, epoch: int, sample_weights: torch.Tensor, draws: int,
+                views: int) -> EpochDraws:
+    generator = keyed_generator(seed, "epoch", epoch)
+    order = draw_order(sample_weights, draws, generator)
+    return EpochDraws(seed, epoch, order, torch.randint(views, (draws,), generator=generator),
+                      torch.rand(draws, 7, generator=generator))
 
 
 class Batches:
     """Where a training or validation batch comes from.
 
-    `images`: data.PreparedImages. They are framed (transforms.preset) when first drawn and kept. Without a frozen prefix, a
-    batch is these images, augmented on the fly when `train`. With one, a batch is its outputs
-    for one of `train.augment_views` augmented copies of each image (one unaugmented copy for
-    validation), computed in eval mode (so exactly what the full network computes) and kept.
-    While those outputs fit in `budget` and training draws at least as many as there are
-    (`draws`: draws per epoch x epochs), they are computed up front in a fixed order; otherwise
-    each when first drawn, with seeded draws (slot_draws), so the cost follows what training
-    draws, not the dataset's size. What does not fit in memory is kept on disk (RowCache)."""
+    `images`: data.PreparedImages. They are framed (transforms.preset) when first drawn and
+    kept. Without a frozen prefix, a batch is these images, augmented per draw when `train`.
+    With one, a batch is its outputs for one of `train.augment_views` augmented copies of each
+    image (one unaugmented copy for validation), computed in eval mode (so exactly what the full
+    network computes) when first drawn, and kept: the cost follows what training draws, not the
+    dataset's size. Each view's augmentation is its own seeded draw (slot_draws). What does not
+    fit in `budget` is kept on disk (RowCache), which changes where it is kept, not what."""
 
     def __init__(self, images, labels: torch.Tensor, variant, *, device, dtype, budget: Budget,
-                 prefix=None, train: bool = False, generator=None, draws: int = 0,
-                 desc: str = ""):
+                 prefix=None, train: bool = False):
         t = variant.train
         self.labels, self.arch, self.device, self.dtype = labels, variant.arch, device, dtype
-        self.generator, self.seed, self.batch_size = generator, t.seed, t.batch_size
+        self.seed, self.batch_size = t.seed, t.batch_size
         self.augment, self.views = (t.augment, t.augment_views) if train else (None, 1)
         n, size = len(labels), variant.image_size
         framing = {"framing": t.framing, "intensity": t.intensity, "size": size}
@@ -121,14 +153,12 @@ class Batches:
         self.shapes, self.widths = shapes, [math.prod(s) for s in shapes]
         self.features = RowCache(self.views * n, (sum(self.widths),), dtype or torch.float32,
                                  budget=budget, device=device, compute=self._features)
-        if self.augment and self.features.in_memory and self.views * n <= draws:
-            self._fill_in_order(desc)
 
     @torch.no_grad()
-    def _run_prefix(self, images: torch.Tensor, draws=None, generator=None) -> tuple:
+    def _run_prefix(self, images: torch.Tensor, draws=None) -> tuple:
         with autocast(self.device, self.dtype):
-            out = self.prefix(model_input(images.to(self.device), self.arch, generator,
-                                          self.augment, draws))
+            out = self.prefix(model_input(images.to(self.device), self.arch,
+                                          strength=self.augment, draws=draws))
         return tuple(o.to(self.dtype or torch.float32) for o in
                      (out if isinstance(out, tuple) else (out,)))
 
@@ -137,26 +167,18 @@ class Batches:
         n, parts = len(self.labels), []
         for start in range(0, len(slots), self.batch_size):
             chunk = slots[start:start + self.batch_size]
-            draws = slot_draws(self.seed, chunk) if self.augment else None
+            draws = slot_draws(self.seed, chunk % n, chunk // n) if self.augment else None
             out = self._run_prefix(self.frames.get(chunk % n), draws)
             parts.append(torch.cat([o.flatten(1) for o in out], 1))
         return torch.cat(parts)
 
-    def _fill_in_order(self, desc: str) -> None:
-        """Every view of every image, view by view, augmented from the run's generator."""
-        n = len(self.labels)
-        for view in tqdm(range(self.views), desc=f"cache {desc}", unit="view", leave=False):
-            for start in range(0, n, self.batch_size):
-                idx = torch.arange(start, min(start + self.batch_size, n))
-                out = self._run_prefix(self.frames.get(idx), generator=self.generator)
-                self.features.put(view * n + idx, torch.cat([o.flatten(1) for o in out], 1))
-
-    def get(self, idx: torch.Tensor) -> tuple:
+    def get(self, idx: torch.Tensor, view: torch.Tensor | None = None,
+            augment: torch.Tensor | None = None) -> tuple:
+        """The batch of images `idx`; in training, `view` and `augment` are their EpochDraws."""
         if self.features is None:
-            return (model_input(self.frames.get(idx), self.arch, self.generator if self.augment
-                                else None, self.augment),)
-        view = torch.randint(self.views, (len(idx),), generator=self.generator) \
-            if self.augment else torch.zeros(len(idx), dtype=torch.long)
+            return (model_input(self.frames.get(idx), self.arch, strength=self.augment,
+                                draws=augment if self.augment else None),)
+        view = view if self.augment else torch.zeros(len(idx), dtype=torch.long)
         flat = self.features.get(view * len(self.labels) + idx.cpu()).float()
         return tuple(channels_last(part.reshape(-1, *shape)) for part, shape in
                      zip(flat.split(self.widths, 1), self.shapes))
@@ -174,8 +196,7 @@ class TrainingSetup:
     budget: Budget             # what is left of `train.cache_mb` for the validation batches
 
 
-def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
-                   generator) -> TrainingSetup:
+def training_setup(model: nn.Module, variant, train: dict, *, device, dtype) -> TrainingSetup:
     """The variant's training step: frozen prefix and trained head, cached training batches,
     Adam with the variant's weight decay (the study's optimizer), class-weighted cross-entropy
     (`prepare.balance`), loss scaling for float16. `train`: the training split as
@@ -183,10 +204,8 @@ def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
     t = variant.train
     prefix, head = split_frozen(model, variant)
     budget = Budget(t.cache_mb)
-    draws = (t.draws_per_epoch or len(train["labels"])) * t.max_epochs
     batches = Batches(train["images"], train["labels"], variant, device=device, dtype=dtype,
-                      budget=budget, prefix=prefix, train=True, generator=generator, draws=draws,
-                      desc="train")
+                      budget=budget, prefix=prefix, train=True)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                  weight_decay=t.weight_decay)
     return TrainingSetup(head=head, prefix=prefix, batches=batches, optimizer=optimizer,
@@ -194,17 +213,21 @@ def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
                          scaler=grad_scaler(device, dtype), budget=budget)
 
 
-def train_one_epoch(setup: TrainingSetup, order: torch.Tensor, batch_size: int, *, device,
+def train_one_epoch(setup: TrainingSetup, draws: EpochDraws, batch_size: int, *, device,
                     dtype, desc: str) -> dict:
     head, batches, optimizer, scaler = setup.head, setup.batches, setup.optimizer, setup.scaler
     set_train_mode(head)
     total_loss, targets, predictions = 0.0, [], []
+    order = draws.order
     progress = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False)
-    for start in progress:
-        idx = order[start:start + batch_size]
+    for step, start in enumerate(progress):
+        batch = slice(start, start + batch_size)
+        idx = order[batch]
+        features = batches.get(idx, draws.view[batch], draws.augment[batch])
         y = batches.labels[idx].to(device)
+        draws.seed_step(step)
         with autocast(device, dtype):
-            loss, logits = forward_train(head, batches.get(idx), y, setup.criterion)
+            loss, logits = forward_train(head, features, y, setup.criterion)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

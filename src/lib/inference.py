@@ -74,6 +74,27 @@ def classify(clf: Classifier, images: torch.Tensor, cam: bool = False
     return torch.cat(logits), torch.cat(heatmaps) if cam else None
 
 
+def energy(logits: torch.Tensor) -> torch.Tensor:
+    """How unlike the training data an input looks: the free energy -logsumexp(logits) (Liu et
+    al. 2020, "Energy-based out-of-distribution detection"); higher is less familiar. Unlike the
+    top probability it keeps the logits' scale, which a softmax normalizes away."""
+    return -torch.logsumexp(logits.float(), dim=1)
+
+
+def energy_threshold(valid_logits: torch.Tensor, keep: float = 0.95) -> float:
+    """The energy below which `keep` of the validation images lie: inputs above it are flagged
+    as unlike the training data (about 1 in 20 in-distribution images is flagged too)."""
+    return float(torch.quantile(energy(valid_logits), keep))
+
+
+def calibrated(clf: Classifier, logits: torch.Tensor, raw: bool = False) -> torch.Tensor:
+    """Probabilities: the softmax of the logits over the checkpoint's temperature (fitted on
+    validation by `evaluate`, added by `release`), or of the logits alone when `raw` or the
+    checkpoint has none."""
+    temperature = 1.0 if raw else clf.settings.get("temperature") or 1.0
+    return (logits / temperature).softmax(1)
+
+
 def classify_prepared(clf: Classifier, images) -> torch.Tensor:
     """Logits for a prepared split (data.PreparedImages), read and framed a chunk at a time;
     chunks are whole batches, so the result equals one `classify` over the split."""

@@ -3,6 +3,7 @@ runs."""
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import mmap
@@ -22,6 +23,15 @@ def not_found(path: Path) -> UserError:
     return UserError(f"{path}: not found; run `dvc repro` to make it")
 
 
+def cannot_write(path: Path, e: OSError) -> UserError:
+    """One line for a failed write; a full disk says so and where (torch and numpy report it as
+    their own errors, or as a bare errno)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"cannot write {path}: the disk is full; free space on the disk that "
+                         f"holds {Path(path).resolve().parent} and rerun")
+    return UserError(f"cannot write {path}: {e.strerror or e}")
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a reader never sees a half
     written file, and a failure leaves the previous version in place."""
@@ -30,7 +40,7 @@ def atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise cannot_write(path, e) from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -38,7 +48,7 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a read-only folder: say which file, keep the old one
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise cannot_write(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -111,14 +121,22 @@ class MappedArray:
 
     @classmethod
     def create(cls, path: Path, shape: tuple, dtype) -> MappedArray:
-        """A new zero-filled file (sparse on disk until written), open for writing."""
+        """A new zero-filled file, open for writing. Its blocks are allocated now: a write
+        through the map to a sparse file on a full disk would kill the process (SIGBUS)."""
         dtype = np.dtype(dtype)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {
-                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                "shape": tuple(shape)})
-            f.truncate(f.tell() + int(np.prod(shape)) * dtype.itemsize)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {
+                    "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                    "shape": tuple(shape)})
+                size = f.tell() + int(np.prod(shape)) * dtype.itemsize
+                f.truncate(size)
+                if hasattr(os, "posix_fallocate"):  # not on macOS or Windows
+                    os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            Path(path).unlink(missing_ok=True)
+            raise cannot_write(path, e) from None
         return cls(path, writable=True)
 
     def read(self, rows) -> np.ndarray:

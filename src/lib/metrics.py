@@ -9,7 +9,7 @@ from scipy.special import log_softmax
 
 from src.lib.io import read_json, write_json
 from src.lib.paths import METRICS_DIR, REPORTS_DIR
-from src.lib.scores import confusion, scores_from_confusion
+from src.lib.scores import scores_from_confusion
 
 
 def _classification_report(targets, predictions, classes: list[str], **how):
@@ -40,13 +40,20 @@ def headline(rep: dict, classes: list[str]) -> dict:
             "support": int(rep["macro avg"]["support"])}
 
 
-def bootstrap_ci(targets, predictions, num_classes: int, *, resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
+def bootstrap_ci(targets, predictions, num_classes: int, *, groups=None, resamples: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> dict:
     """Percentile bootstrap intervals for accuracy, macro F1 and weighted F1: the test images
-    are resampled with replacement `resamples` times (seeded, so reproducible)."""
+    are resampled with replacement `resamples` times (seeded, so reproducible), a whole group at
+    a time where `groups` are given (prepare's: identical images, near-duplicates, one
+    patient's slices), so that images that are not independent do not narrow the interval."""
     targets, predictions = np.asarray(targets), np.asarray(predictions)
-    idx = np.random.default_rng(seed).integers(0, len(targets), (resamples, len(targets)))
-    cms = np.stack([confusion(targets[rows], predictions[rows], num_classes) for rows in idx])
+    _, groups = np.unique(np.arange(len(targets)) if groups is None else np.asarray(groups),
+                          return_inverse=True)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    drawn = np.random.default_rng(seed).integers(0, n_groups, (resamples, n_groups))
+    times = np.stack([np.bincount(row, minlength=n_groups) for row in drawn])[:, groups]
+    cells = np.eye(num_classes ** 2)[targets * num_classes + predictions]  # [images, C*C]
+    cms = (times @ cells).reshape(resamples, num_classes, num_classes)
     scores = scores_from_confusion(cms)
     low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return {name: (round(float(lo), 4), round(float(hi), 4))
@@ -64,6 +71,18 @@ def mcnemar(targets, predictions_a, predictions_b) -> dict:
         return {"only_a": 0, "only_b": 0, "p_value": 1.0}
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n  # exact integers
     return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of p-values for testing several hypotheses at once (Holm
+    1979): the k-th smallest of m is multiplied by m - k + 1, kept monotone, capped at 1. It
+    controls the chance of any false rejection among them at the nominal level."""
+    order = np.argsort(p_values, kind="stable")
+    m, adjusted, running = len(order), [0.0] * len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets, bins: int = 15) -> dict:
@@ -103,12 +122,14 @@ def fit_temperature(logits, targets) -> float:
     return math.exp(fit.x)
 
 
-def split_metrics(targets, probabilities, classes: list[str], seed: int, scaled=None) -> dict:
+def split_metrics(targets, probabilities, classes: list[str], seed: int, scaled=None,
+                  groups=None) -> dict:
     """Everything reported for one set of test images: the headline scores with bootstrap 95%
-    intervals, and the calibration error (also after temperature scaling, when given)."""
+    intervals (resampling `groups`), and the calibration error (also after temperature scaling,
+    when given)."""
     predictions = np.asarray(probabilities).argmax(1)
     out = headline(report(targets, predictions, classes), classes)
-    for score, (low, high) in bootstrap_ci(targets, predictions, len(classes),
+    for score, (low, high) in bootstrap_ci(targets, predictions, len(classes), groups=groups,
                                            seed=seed).items():
         # scalars, not a list: `dvc metrics show` and `dvc exp show` display only scalars
         out[f"{score}_ci95_low"], out[f"{score}_ci95_high"] = low, high
@@ -119,13 +140,14 @@ def split_metrics(targets, probabilities, classes: list[str], seed: int, scaled=
 
 
 def test_metrics(targets, probabilities, leak_free, classes: list[str], *, seed: int,
-                 scaled=None) -> dict:
-    """split_metrics on the official test split and on its leak-free part."""
+                 groups, scaled=None) -> dict:
+    """split_metrics on the official test split and on its leak-free part; `groups`: each test
+    image's group, as `prepare` wrote them."""
     targets, probabilities = np.asarray(targets), np.asarray(probabilities)
     part = (lambda a: None if a is None else np.asarray(a)[leak_free])
-    return {"test": split_metrics(targets, probabilities, classes, seed, scaled),
+    return {"test": split_metrics(targets, probabilities, classes, seed, scaled, groups),
             "test_leak_free": split_metrics(targets[leak_free], probabilities[leak_free], classes,
-                                            seed, part(scaled))}
+                                            seed, part(scaled), part(groups))}
 
 
 def with_interval(m: dict, score: str) -> str:
@@ -138,25 +160,33 @@ def format_p(p: float) -> str:
     return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
 
 
-def write_predictions(name: str, test: dict, probabilities: np.ndarray) -> None:
-    """reports/<name>/predictions.json: per test image, the true and predicted labels and every
-    class's probability; `compare` pairs them across variants and `dvc plots` draws the
+def write_predictions(name: str, test: dict, probabilities: np.ndarray,
+                      calibrated: np.ndarray | None = None) -> None:
+    """reports/<name>/predictions.json: per test image, the true and predicted labels, every
+    class's probability and (after temperature scaling, where there is one) its calibrated
+    probability; `compare` pairs them across variants by file and `dvc plots` draws the
     confusion matrix from them."""
     classes = test["classes"]
-    write_json(REPORTS_DIR / name / "predictions.json", [
-        {"file": f, "actual": classes[y], "predicted": classes[int(p.argmax())],
-         "leak_free": bool(lf), "probabilities": dict(zip(classes, np.round(p, 6).tolist()))}
-        for f, y, lf, p in zip(test["files"], test["labels"].tolist(),
-                               test["leak_free"].tolist(), probabilities)])
+    rows = []
+    for i, (f, y, lf, p) in enumerate(zip(test["files"], test["labels"].tolist(),
+                                          test["leak_free"].tolist(), probabilities)):
+        row = {"file": f, "actual": classes[y], "predicted": classes[int(p.argmax())],
+               "leak_free": bool(lf), "probabilities": dict(zip(classes, np.round(p, 6).tolist()))}
+        if calibrated is not None:
+            row["calibrated"] = dict(zip(classes, np.round(calibrated[i], 6).tolist()))
+        rows.append(row)
+    write_json(REPORTS_DIR / name / "predictions.json", rows)
 
 
-def read_predictions(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True and predicted classes of the test images, in test order, and the leak-free mask."""
+def read_predictions(name: str) -> dict[str, np.ndarray]:
+    """A variant's test predictions: `files`, true and predicted classes (`targets`,
+    `predictions`) and the `leak_free` mask, in test order."""
     rows = read_json(REPORTS_DIR / name / "predictions.json")
     classes = list(rows[0]["probabilities"]) if rows else []
-    return (np.array([classes.index(r["actual"]) for r in rows]),
-            np.array([classes.index(r["predicted"]) for r in rows]),
-            np.array([r["leak_free"] for r in rows], dtype=bool))
+    return {"files": np.array([r["file"] for r in rows]),
+            "targets": np.array([classes.index(r["actual"]) for r in rows], dtype=int),
+            "predictions": np.array([classes.index(r["predicted"]) for r in rows], dtype=int),
+            "leak_free": np.array([r["leak_free"] for r in rows], dtype=bool)}
 
 
 def read_metrics(name: str) -> dict:
