@@ -43,9 +43,11 @@ def data_section(data: dict) -> str:
     return f"""{source}
 Training images after cleaning: {train_counts}. Known problems, handled as follows:
 - duplicates: {dup.get('duplicate_groups', 0)} groups of identical images
-  ({dup.get('duplicate_files', 0)} files), {dup.get('cross_split_groups', 0)} of them across
-  splits; every train or valid image with a copy in test was removed, and groups with
-  conflicting labels ({dup.get('conflicting_label_groups', 0)}) dropped;{
+  ({dup.get('duplicate_files', 0)} files) and {dup.get('near_duplicate_pairs', 0)} pairs within the
+  near-duplicate distance; of the {dup.get('groups', 0)} groups they and patients form,
+  {dup.get('cross_split_groups', 0)} crossed splits: every train or valid member of a group with
+  a test image was removed, and identical images with conflicting labels
+  ({dup.get('conflicting_label_groups', 0)}) dropped;{
     KAGGLE_PROBLEMS if study else ""}"""
 
 
@@ -97,8 +99,8 @@ images were).
 Per-class F1 on the official test split: {per_class}.
 
 ## Limitations
-Single 2D slices without patient identifiers, so images of one patient may sit in several
-splits beyond the exact duplicates removed; no external validation; intervals reflect the test
+Single 2D slices: without patient identifiers, slices of one patient that are not near-duplicates
+may sit in several splits; no external validation; intervals reflect the test
 sample only, not training variability (docs/cnn-robustness.md has runs over several seeds);
 calibration is measured on {metrics['test']['support']} images.
 """
