@@ -3,7 +3,7 @@
     python -m src.evaluate resnet50
 
 Writes metrics/<variant>.json (test and leak-free test metrics with bootstrap intervals and
-calibration, and the training summary) and reports/<variant>/: the classification report as JSON
+calibration, and the summary train logged with DVCLive) and reports/<variant>/: the classification report as JSON
 and text, per-image predictions (the confusion-matrix plot), and images: the confusion matrix,
 a reliability diagram and Grad-CAM overlays. Validation data is used only to fit the temperature
 and the out-of-distribution threshold, which `release` puts into the shipped checkpoint.
@@ -29,7 +29,7 @@ from src.lib.metrics import (
     expected_calibration_error, fit_temperature, report, report_text, test_metrics, with_interval,
     write_predictions
 )
-from src.lib.paths import METRICS_DIR, MODELS_DIR, REPORTS_DIR
+from src.lib.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, REPORTS_DIR
 from src.lib.scores import confusion
 
 
@@ -92,7 +92,7 @@ def evaluate_variant(name: str) -> dict:
         "ood": {"energy_threshold": threshold,
                 "test_flagged": round(float((energy(logits) > threshold).float().mean()), 4)},
         "evaluate": environment(clf.device, clf.dtype),
-        "train": read_json(MODELS_DIR / name / "summary.json")}
+        "train": read_json(LIVE_DIR / name / "metrics.json")}  # train's DVCLive summary
     write_json(METRICS_DIR / f"{name}.json", metrics)
     return metrics
 

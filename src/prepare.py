@@ -5,7 +5,8 @@
 Decodes every image once (with all cores from data.PARALLEL_FROM files) straight into the
 memory-mapped images file (one letterboxed row per file, at `prepare.image_size`); groups images
 that must stay together (identical, near-duplicate, one patient's: src/lib/groups.py); splits
-data that came without splits by group; removes from train and valid every group member of a
+data that came without splits by group (and, with `prepare.fold`, deals train and valid into
+cross-validation folds by group); removes from train and valid every group member of a
 group with a test image, and identical images whose labels conflict; computes the class
 balancing. Each split's JSON lists its rows of images.npy with labels and file
 names. Writes the data report with its figures to reports/data/. The output does not depend on
@@ -91,29 +92,47 @@ def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
     return kept, skipped
 
 
-def assign_splits(records: list[dict], split) -> None:
-    """For data without splits: per label, groups (groups.group_records: identical images,
-    near-duplicates, one patient's slices) in a seeded order fill train, then valid, then test,
-    each group whole, so that nothing in one split has a copy or a sibling in another. A group
-    goes where its middle falls, under the label of its first image."""
+def deal(records: list[dict], shares, seed: int) -> None:
+    """Per label, the groups (groups.group_records: identical images, near-duplicates, one
+    patient's slices) in a seeded order fill bucket 0, then 1, ..., each bucket taking its share
+    of the label's images and each group whole; a group goes where its middle falls, under the
+    label of its first image. Sets each record's "bucket"."""
     groups = defaultdict(list)
     for r in records:
         groups[r["group"]].append(r)
     by_label = defaultdict(list)
     for members in groups.values():
         by_label[members[0]["file"].label].append(members)
-    rng = np.random.default_rng(split.seed)
+    ends = np.cumsum(shares) / sum(shares)
+    rng = np.random.default_rng(seed)
     for label in sorted(by_label):
         label_groups = by_label[label]
         total = sum(len(g) for g in label_groups)
-        train_end, valid_end = split.train * total, (split.train + split.valid) * total
         placed = 0
         for k in rng.permutation(len(label_groups)):
-            middle = placed + len(label_groups[k]) / 2
-            name = "train" if middle < train_end else "valid" if middle < valid_end else "test"
+            middle = (placed + len(label_groups[k]) / 2) / total
+            bucket = min(int(np.searchsorted(ends, middle, side="right")), len(shares) - 1)
             for r in label_groups[k]:
-                r["file"].split = name
+                r["bucket"] = bucket
             placed += len(label_groups[k])
+
+
+def assign_splits(records: list[dict], split) -> None:
+    """For data without splits: train, valid and test by group (`deal`), so that nothing in
+    one split has a copy or a sibling in another."""
+    deal(records, (split.train, split.valid, split.test), split.seed)
+    for r in records:
+        r["file"].split = SPLITS[r["bucket"]]
+
+
+def assign_fold(records: list[dict], folds: int, fold: int, seed: int) -> None:
+    """Cross-validation (`prepare.fold`): train and valid pooled and dealt by group into
+    `folds` equal folds, the same ones whatever `fold` is; fold `fold` becomes valid, the rest
+    train. Test is not touched."""
+    pool = [r for r in records if r["file"].split in ("train", "valid")]
+    deal(pool, [1] * folds, seed)
+    for r in pool:
+        r["file"].split = "valid" if r["bucket"] == fold else "train"
 
 
 def find_leaks(records: list[dict]) -> dict:
@@ -209,14 +228,15 @@ def check_every_class_left(index: dict, raw_counts: dict) -> None:
                     f"{split}, or leave the data unsplit so that data.split divides it")
 
 
-def write_report(*, raw_counts, kept, leaks, near, skipped, splits, image_size,
-                 balance) -> dict:
+def write_report(*, raw_counts, kept, leaks, near, skipped, splits, image_size, balance,
+                 fold: str | None) -> dict:
     classes = splits["train"]["classes"]
     after = {s: {c: int((splits[s]["labels"] == i).sum()) for i, c in enumerate(classes)}
              for s in SPLITS}
     report = {
         "image_size": image_size,
         "balance": balance,
+        "fold": fold,
         "classes": classes,
         "counts_found": raw_counts,
         "counts_prepared": after,
@@ -233,7 +253,8 @@ def write_report(*, raw_counts, kept, leaks, near, skipped, splits, image_size,
     write_json(DATA_REPORT_DIR / "report.json", report)
     counts = markdown_table(["split", "class", "found", "prepared"], [
         [s, c, raw_counts[s][c], after[s][c]] for s in SPLITS for c in classes])
-    lines = ["# Data report", "", f"Letterboxed to {image_size}x{image_size}; balancing: {balance}.",
+    lines = ["# Data report", "", f"Letterboxed to {image_size}x{image_size}; balancing: {balance}."
+             + (f" Cross-validation: {fold} validates, train and valid pooled." if fold else ""),
              "", counts.rstrip()]
     lines += ["", f"Leak-free test images: {sum(report['test_leak_free'].values())} "
               f"{report['test_leak_free']}", "", "Groups: " + ", ".join(
@@ -298,6 +319,10 @@ def main(argv=None) -> None:
                              groups=groups_file(RAW_DIR, cfg.data))
     if files and files[0].split is None:
         assign_splits(kept, cfg.data.split)
+    fold = None
+    if cfg.prepare.fold is not None:
+        assign_fold(kept, cfg.prepare.folds, cfg.prepare.fold, cfg.data.split.seed)
+        fold = f"fold {cfg.prepare.fold} of {cfg.prepare.folds}"
     leaks = find_leaks(kept)
     leaks["stats"] |= {"groups": grouping["groups"], "patients": grouping["patients"],
                        "near_duplicate_pairs": len(grouping["near_duplicate_pairs"])}
@@ -311,7 +336,7 @@ def main(argv=None) -> None:
     near = grouping["near_duplicate_pairs"]
     report = write_report(raw_counts=raw_counts, kept=kept, leaks=leaks, near=near,
                           skipped=skipped, splits=splits, image_size=size,
-                          balance=cfg.prepare.balance)
+                          balance=cfg.prepare.balance, fold=fold)
     write_figures(raw_counts, report, splits, kept, near, partial / IMAGES_FILE)
     shutil.rmtree(PREPARED_DIR, ignore_errors=True)
     partial.rename(PREPARED_DIR)

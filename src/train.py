@@ -6,7 +6,8 @@ Frozen layers run in eval mode once per image and augmentation view (see engine.
 trainable head trains on those activations. Every random draw is keyed by the seed and what is
 drawn (engine.EpochDraws), so the run depends on its recipe alone. Early stopping on validation
 loss, as the study; the test split is not read here. Logs every epoch with DVCLive to
-dvclive/<variant>/.
+dvclive/<variant>/plots/, and the chosen epoch's validation scores, with the run's length and
+environment, to dvclive/<variant>/metrics.json.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from src.lib.engine import (
     training_setup, validate
 )
 from src.lib.errors import UserError, command
-from src.lib.io import code_files, file_digest, write_json
+from src.lib.io import code_files, file_digest
 from src.lib.models import build_model, count_parameters
 from src.lib.paths import LIVE_DIR, MODELS_DIR, PREPARED_DIR, RESUME_DIR
 
@@ -180,7 +181,6 @@ def train_variant(name: str) -> dict:
                         f"lower variants.{name}.lr (now {t.lr}) or set "
                         f"variants.{name}.precision=fp32")
     save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights, train)
-    write_json(MODELS_DIR / name / "summary.json", summary)
     resume.finish()
     return summary
 

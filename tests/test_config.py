@@ -56,6 +56,10 @@ def test_variant_override_wins_over_train_default():
     (lambda p: p["data"]["split"].update(valid=0), "data.split.valid: 0 must lie between 0"),
     (lambda p: p["prepare"].update(dicom_window_width=0), "prepare.dicom_window_width: 0"),
     (lambda p: p["train"].update(cache_mb=-1), "train.cache_mb: -1 is too small"),
+    (lambda p: p["prepare"].update(fold=5), "prepare.fold: 5 is not a fold; use null (the data's "
+                                            "own train and valid) or 0 to 4 (prepare.folds)"),
+    (lambda p: p["prepare"].update(fold="0"), "prepare.fold: expected an integer"),
+    (lambda p: p["prepare"].update(folds=1), "prepare.folds: 1 is too small"),
 ])
 def test_invalid_params_name_the_key_and_allowed_values(edit, message):
     raw = shipped_params()

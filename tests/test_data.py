@@ -126,6 +126,30 @@ def test_splitting_is_stratified_seeded_and_keeps_groups_together():
     assert [r["file"].split for r in other] != [r["file"].split for r in recs]
 
 
+def test_folds_partition_train_and_valid_by_group_and_leave_test_alone():
+    def pooled():
+        recs = records({"a": [1] * 60 + [4] * 5, "b": [1] * 30 + [2] * 5})
+        for i, r in enumerate(recs):  # the data's own split, a group across train and valid
+            r["file"].split = "test" if i % 10 == 0 else "valid" if i % 10 == 1 else "train"
+        return recs
+    valid_of_fold = []
+    for fold in range(5):
+        recs = pooled()
+        prepare.assign_fold(recs, folds=5, fold=fold, seed=3)
+        assert [r["file"].split == "test" for r in recs] == [i % 10 == 0 for i in range(len(recs))]
+        valid = {i for i, r in enumerate(recs) if r["file"].split == "valid"}
+        counts = Counter(recs[i]["file"].label for i in valid)
+        assert abs(counts["a"] - 80 * 0.9 / 5) <= 4 and abs(counts["b"] - 40 * 0.9 / 5) <= 3
+        by_group = defaultdict(set)
+        for r in recs:
+            if r["file"].split != "test":
+                by_group[r["group"]].add(r["file"].split)
+        assert all(len(splits) == 1 for splits in by_group.values())
+        valid_of_fold.append(valid)
+    assert sum(len(v) for v in valid_of_fold) == len(set().union(*valid_of_fold))  # disjoint
+    assert set().union(*valid_of_fold) == {i for i in range(len(pooled())) if i % 10}
+
+
 def prepared_splits(files, folder, *, distance: int = 2, groups=None):
     """`prepare`'s steps on scanned files: (records, undecodable, splits, removed file -> why)."""
     kept, undecodable = prepare.decode_all(files, folder / "images.npy", size=32,

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tools import crossval
 
 VARIANTS = ["cnn", "resnet50_fc", "resnet50", "inception_v3_fc", "inception_v3"]
 STAGES = {"download", "prepare", "floor", "compare", "release"} | \
@@ -173,6 +174,28 @@ def worker_logs(repo) -> str:
                      for log in (repo / ".dvc/tmp/exps/celery").glob("*.out"))
 
 
+def run_queue(repo, experiments: int) -> None:
+    """Start the queue and wait until `experiments` more experiments have succeeded."""
+    succeeded = sh(repo, "dvc", "queue", "status").count("Success")
+    start_queue(repo)
+    deadline, started = time.time() + 600, time.time()
+    while re.search(r"\b(Queued|Running)\b", status := sh(repo, "dvc", "queue", "status")):
+        if time.time() > deadline:
+            sh(repo, "dvc", "queue", "stop", "--kill")
+            pytest.fail(f"the queued experiments did not finish in 10 minutes:\n{status}\n"
+                        + worker_logs(repo))
+        if "Running" not in status and "0 active, 0 idle" in status and \
+                time.time() - started > 30:
+            # A worker can stop with work queued: it may read one of the messages its own
+            # idle check sends before the message is written (kombu's file transport,
+            # celery/kombu#1551). As docs/parallel.md tells users: start the queue again.
+            start_queue(repo)
+            started = time.time()
+        time.sleep(2)
+    assert status.count("Success") == succeeded + experiments, status
+    sh(repo, "dvc", "queue", "stop")
+
+
 def test_queued_evaluations_are_restored_from_the_run_cache(repo):
     # The parallel recipe, for the CNN and the released ResNet-50: a queued experiment per
     # variant's evaluation, two at a time; a plain `dvc repro` in the workspace then takes their
@@ -188,29 +211,30 @@ def test_queued_evaluations_are_restored_from_the_run_cache(repo):
         for v in queued:
             sh(repo, "dvc", "exp", "run", "--queue", "-n", f"eval-{v}", "-S",
                f"variants.{v}.lr={lr}", f"evaluate@{v}")
-        start_queue(repo)
-        deadline, started = time.time() + 600, time.time()
-        while re.search(r"\b(Queued|Running)\b", status := sh(repo, "dvc", "queue", "status")):
-            if time.time() > deadline:
-                sh(repo, "dvc", "queue", "stop", "--kill")
-                pytest.fail(f"the queued experiments did not finish in 10 minutes:\n{status}\n"
-                            + worker_logs(repo))
-            if "Running" not in status and "0 active, 0 idle" in status and \
-                    time.time() - started > 30:
-                # A worker can stop with work queued: it may read one of the messages its own
-                # idle check sends before the message is written (kombu's file transport,
-                # celery/kombu#1551). As docs/parallel.md tells users: start the queue again.
-                start_queue(repo)
-                started = time.time()
-            time.sleep(2)
-        assert status.count("Success") == len(queued), status
-        sh(repo, "dvc", "queue", "stop")
+        run_queue(repo, len(queued))
         set_params(repo, new_lr)
         out = sh(repo, "dvc", "repro")
         assert all(f"Stage '{s}@{v}' is cached - skipping run" in out
                    for s in ("train", "evaluate") for v in queued), out
         assert stages_run(out) == {"compare", "release"}
         assert all(lock_hash(repo, f"train@{v}", f"models/{v}") != before[v] for v in queued)
+
+
+def test_cross_validation_folds_train_as_experiments_without_reading_test(repo):
+    # docs/protocol.md: the recipe is compared over folds of train and valid, by training only
+    with restored(repo):
+        sh(repo, "dvc", "exp", "run", "--queue", "-S", "prepare.fold=0,1", "train@cnn")
+        run_queue(repo, 2)
+        shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+        baseline = shown[1]
+        folds = [e["revs"][0]["data"] for e in baseline["experiments"]
+                 if e["revs"][0]["data"]["params"]["params.yaml"]["data"]["prepare"]["fold"]
+                 is not None]
+        assert len(folds) == 2 and all(  # evaluate never ran
+            f["metrics"]["metrics/cnn.json"] == baseline["data"]["metrics"]["metrics/cnn.json"]
+            for f in folds)
+        table = crossval.report(shown, "cnn", only={})
+        assert re.search(r"\| runs \| 0, 1 \| 42 \| \d\.\d{3} ± \d\.\d{3} \|", table), table
 
 
 def test_metrics_live_in_git_so_commits_compare_without_the_cache(repo):

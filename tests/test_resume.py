@@ -114,7 +114,7 @@ def test_an_interrupted_run_with_other_params_starts_afresh(prepared, tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     result = stage(work, "src.train", "cnn")
     assert "starting afresh" in result.stdout and "resuming" not in result.stdout
-    assert json.loads((work / "models/cnn/summary.json").read_text())["epochs"] == 3
+    assert json.loads((work / "dvclive/cnn/metrics.json").read_text())["epochs"] == 3
 
 
 def test_a_run_whose_validation_loss_never_improves_is_one_line_and_saves_nothing(

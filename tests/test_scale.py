@@ -73,8 +73,8 @@ def test_images_processed_per_stage(tmp_path):
     counts = {"train": {"a": 10, "b": 6}, "valid": {"a": 3, "b": 2}, "test": {"a": 4, "b": 4}}
     (tmp_path / "reports/data").mkdir(parents=True)
     (tmp_path / "reports/data/report.json").write_text(json.dumps({"counts_prepared": counts}))
-    (tmp_path / "models/cnn").mkdir(parents=True)
-    (tmp_path / "models/cnn/summary.json").write_text(json.dumps({"epochs": 3}))
+    (tmp_path / "dvclive/cnn").mkdir(parents=True)
+    (tmp_path / "dvclive/cnn/metrics.json").write_text(json.dumps({"epochs": 3}))
     params = shipped_params()
     params["train"]["draws_per_epoch"] = 40
     params["variants"]["cnn"]["draws_per_epoch"] = None
@@ -87,6 +87,6 @@ def test_images_processed_per_stage(tmp_path):
     assert images_processed("floor", tmp_path) == 16 + 5 + 8
     assert images_processed("evaluate@cnn", tmp_path) == 5 + 8
     assert images_processed("train@cnn", tmp_path) == 3 * (40 + 5)  # train's default draws
-    (tmp_path / "models/resnet50").mkdir()
-    (tmp_path / "models/resnet50/summary.json").write_text(json.dumps({"epochs": 2}))
+    (tmp_path / "dvclive/resnet50").mkdir()
+    (tmp_path / "dvclive/resnet50/metrics.json").write_text(json.dumps({"epochs": 2}))
     assert images_processed("train@resnet50", tmp_path) == 2 * (16 + 5)  # 0: train's size

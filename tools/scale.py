@@ -221,7 +221,7 @@ def images_processed(stage: str, run_dir: Path) -> int:
     if step == "evaluate":
         return per_split["valid"] + per_split["test"]
     draws = load_config(run_dir / PARAMS_FILE).variant(variant).train.draws_per_epoch
-    epochs = read_json(run_dir / "models" / variant / "summary.json")["epochs"]
+    epochs = read_json(run_dir / "dvclive" / variant / "metrics.json")["epochs"]
     # Each epoch draws its images from train (0: as many as train holds), then scores valid.
     return epochs * ((draws or per_split["train"]) + per_split["valid"])
 

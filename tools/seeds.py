@@ -72,20 +72,23 @@ def runs(shown: list) -> list[dict]:
     return found
 
 
-def seed_groups(found: list[dict]) -> dict[str, list[dict]]:
-    """Runs keyed by their params without train.seed; one run per seed. Experiments with the
-    same params and seed that ran different variants (`evaluate@cnn`, `evaluate@resnet50`) are
-    merged into that run; where two ran the same variant, the first listed (the newest) counts.
-    `sources` names the experiment each metrics file comes from."""
+def seed_groups(found: list[dict], over=("train.seed",)) -> dict[str, list[dict]]:
+    """Runs keyed by their params without the replicate keys `over` (the seed; for
+    cross-validation also the fold); one run per replicate. Experiments with the same params and
+    replicate that ran different variants (`evaluate@cnn`, `evaluate@resnet50`) are merged into
+    that run; where two ran the same variant, the first listed (the newest) counts. `sources`
+    names the experiment each metrics file comes from."""
     groups = defaultdict(dict)
     for run in found:
         params = json.loads(json.dumps(run["params"]))
-        seed = params["train"].pop("seed")
+        replicate = tuple(params[group].pop(key, None)
+                          for group, key in (name.split(".") for name in over))
         merged = groups[json.dumps(params, sort_keys=True)].setdefault(
-            seed, {**run, "metrics": {}, "sources": {}})
+            replicate, {**run, "metrics": {}, "sources": {}})
         merged["metrics"] = {**run["metrics"], **merged["metrics"]}
         merged["sources"] = {**run["sources"], **merged["sources"]}
-    return {key: list(by_seed.values()) for key, by_seed in groups.items() if len(by_seed) > 1}
+    return {key: list(by_replicate.values()) for key, by_replicate in groups.items()
+            if len(by_replicate) > 1}
 
 
 def flat(params: dict, prefix: str = "") -> dict:

@@ -61,6 +61,8 @@ class PrepareConfig:
     dicom_window_center: float
     dicom_window_width: float
     near_duplicate_distance: int
+    folds: int
+    fold: int | None  # None: the data's own train and valid; else 0 .. folds - 1 (checked below)
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,11 @@ def parse_config(raw) -> Config:
         raise ConfigError(f"prepare.near_duplicate_distance: {prepare.near_duplicate_distance} "
                           "of 64 bits would join unrelated images; use 0 to 16")
     _one_of(prepare.balance, ("oversample", "class_weights", "none"), "prepare.balance")
+    _at_least(prepare.folds, 2, "prepare.folds")
+    if prepare.fold is not None and (
+            _check_type(prepare.fold, "int", "prepare.fold") not in range(prepare.folds)):
+        raise ConfigError(f"prepare.fold: {prepare.fold} is not a fold; use null (the data's own "
+                          f"train and valid) or 0 to {prepare.folds - 1} (prepare.folds)")
     floor = _typed(FloorConfig, raw["floor"], "floor")
     _at_least(floor.image_size, 4, "floor.image_size")
     train = _typed(TrainConfig, raw["train"], "train")
