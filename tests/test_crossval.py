@@ -10,7 +10,7 @@ def experiment(name, fold, seed, framing, f1, loss=1.0):
     params = {"model": "cnn", "prepare": {"fold": fold, "folds": 5},
               "train": {"seed": seed}, "variants": {"cnn": {"framing": framing}}}
     metrics = {"dvclive/cnn/metrics.json": {"data": {
-        "best_epoch": 3, "best": {"val_f1_macro": f1, "val_f1_weighted": f1, "val_acc": f1,
+        "best_epoch": 3, "device": "cpu", "precision": "float32", "best": {"val_f1_macro": f1, "val_f1_weighted": f1, "val_acc": f1,
                                   "val_loss": loss}}}}
     return {"rev": name * 7, "name": name,
             "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics}}
@@ -34,8 +34,8 @@ def test_recipes_are_compared_fold_by_fold_on_validation(tmp_path, capsys):
     path.write_text(json.dumps(shown()))
     assert main(["cnn", str(path)]) == 0
     summary, paired = capsys.readouterr().out.split("run by run")
-    assert "| variants.cnn.framing=body | 0, 1, 2, 3, 4 | 42 | 0.800 ± 0.079 |" in summary
-    assert "| variants.cnn.framing=letterbox | 0, 1, 2, 3, 4 | 42 | 0.766 ± 0.105 |" in summary
+    assert "| variants.cnn.framing=body | 0, 1, 2, 3, 4 | 42 | cpu float32 | 0.800 ± 0.079 |" in summary
+    assert "| variants.cnn.framing=letterbox | 0, 1, 2, 3, 4 | 42 | cpu float32 | 0.766 ± 0.105 |" in summary
     assert "0.99" not in summary  # the baseline is not a fold
     assert "| 2 | 42 | 0.700 | 0.600 | -0.100 | 1.000 | 2.000 | +1.000 |" in paired
     differences = [b - a for a, b in zip(BODY, LETTERBOX)]

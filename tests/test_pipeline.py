@@ -234,7 +234,7 @@ def test_cross_validation_folds_train_as_experiments_without_reading_test(repo):
             f["metrics"]["metrics/cnn.json"] == baseline["data"]["metrics"]["metrics/cnn.json"]
             for f in folds)
         table = crossval.report(shown, "cnn", only={})
-        assert re.search(r"\| runs \| 0, 1 \| 42 \| \d\.\d{3} ± \d\.\d{3} \|", table), table
+        assert re.search(r"\| runs \| 0, 1 \| 42 \| cpu \w+ \| \d\.\d{3} ± \d\.\d{3} \|", table), table
 
 
 def test_metrics_live_in_git_so_commits_compare_without_the_cache(repo):

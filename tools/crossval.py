@@ -68,11 +68,14 @@ def summary_table(groups: dict, labels: dict, variant: str) -> str:
     for key, group in groups.items():
         folds = sorted({replicate(r)[0] for r in group})
         seeds = sorted({replicate(r)[1] for r in group})
+        ran_on = sorted({" ".join(str(r["metrics"][metrics_file(variant)].get(k))
+                                  for k in ("device", "precision")) for r in group})
         rows.append([labels[key] or "runs", ", ".join(map(str, folds)), ", ".join(map(str, seeds)),
+                     ", ".join(ran_on),
                      *(mean_std([score(r, variant, path) for r in group]) for _, path in SCORES)])
     return (f"{variant}: the chosen epoch's validation scores, mean ± standard deviation over "
             "each recipe's runs (fold and seed)\n\n"
-            + markdown_table(["recipe", "folds", "seeds", *(c for c, _ in SCORES)], rows))
+            + markdown_table(["recipe", "folds", "seeds", "ran on", *(c for c, _ in SCORES)], rows))
 
 
 def corrected_t_test(differences: list[float], held_out_ratio: float) -> float:
