@@ -3,10 +3,11 @@
     python -m src.evaluate resnet50
 
 Writes metrics/<variant>.json (test and leak-free test metrics with bootstrap intervals and
-calibration, and the summary train logged with DVCLive) and reports/<variant>/: the classification report as JSON
-and text, per-image predictions (the confusion-matrix plot), and images: the confusion matrix,
-a reliability diagram and Grad-CAM overlays. Validation data is used only to fit the temperature
-and the out-of-distribution threshold, which `release` puts into the shipped checkpoint.
+calibration, and the summary train logged with DVCLive) and reports/<variant>/: the
+classification report as JSON and text, per-image predictions (the confusion-matrix plot), and
+images: the confusion matrix, a reliability diagram and Grad-CAM overlays. Validation data is
+used only to fit the temperature and the out-of-distribution threshold, which `release` puts
+into the shipped checkpoint.
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from src.lib.errors import UserError, command
 from src.lib.io import markdown_table
 from tools.measurement import write_measurement
 from tools.seeds import (
-    distinguishing, dvc_json, key_value, flat, lookup, mean_std, read_shown, runs, seed_groups
+    distinguishing, dvc_json, key_value, lookup, mean_std, ran_on, read_shown, runs, seed_groups,
+    with_params
 )
 
 REPLICATES = ("prepare.fold", "train.seed")
@@ -48,9 +49,8 @@ def replicate(run: dict) -> tuple:
 
 def recipes(shown: list, variant: str, only: dict) -> dict[str, list[dict]]:
     """Per recipe, its cross-validation runs that trained `variant`, by fold and seed."""
-    found = [r for r in runs(shown) if metrics_file(variant) in r["metrics"]
-             and r["params"]["prepare"].get("fold") is not None
-             and all(str(flat(r["params"]).get(k)) == v for k, v in only.items())]
+    found = [r for r in with_params(runs(shown), only) if metrics_file(variant) in r["metrics"]
+             and r["params"]["prepare"].get("fold") is not None]
     groups = {key: sorted(group, key=replicate)
               for key, group in seed_groups(found, over=REPLICATES).items()}
     if not groups:
@@ -68,10 +68,9 @@ def summary_table(groups: dict, labels: dict, variant: str) -> str:
     for key, group in groups.items():
         folds = sorted({replicate(r)[0] for r in group})
         seeds = sorted({replicate(r)[1] for r in group})
-        ran_on = sorted({" ".join(str(r["metrics"][metrics_file(variant)].get(k))
-                                  for k in ("device", "precision")) for r in group})
+        machines = sorted({ran_on(r["metrics"][metrics_file(variant)]) for r in group})
         rows.append([labels[key] or "runs", ", ".join(map(str, folds)), ", ".join(map(str, seeds)),
-                     ", ".join(ran_on),
+                     ", ".join(machines),
                      *(mean_std([score(r, variant, path) for r in group]) for _, path in SCORES)])
     return (f"{variant}: the chosen epoch's validation scores, mean ± standard deviation over "
             "each recipe's runs (fold and seed)\n\n"
@@ -99,13 +98,11 @@ def paired_table(groups: dict, labels: dict, variant: str, folds: int) -> str:
     paired = [c for c in SCORES if c[0] in ("val macro F1", "val loss")]
     rows, differences = [], []
     for fold_seed in both:
-        cells = list(fold_seed)
-        for _, path in paired:
-            a, b = score(first[fold_seed], variant, path), score(second[fold_seed], variant, path)
-            cells += [f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"]
-        rows.append(cells)
-        differences.append(score(second[fold_seed], variant, paired[0][1])
-                           - score(first[fold_seed], variant, paired[0][1]))
+        scores = [(score(first[fold_seed], variant, path), score(second[fold_seed], variant, path))
+                  for _, path in paired]
+        rows.append([*fold_seed, *(cell for a, b in scores
+                                   for cell in (f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"))])
+        differences.append(scores[0][1] - scores[0][0])  # val macro F1
     header = ["fold", "seed"] + [f"{c}: {n}" for c, _ in paired for n in (*names, "difference")]
     higher = sum(d > 0 for d in differences)
     p = corrected_t_test(differences, 1 / (folds - 1))

@@ -139,10 +139,10 @@ def evaluating(groups: dict, variant: str) -> dict:
     return ran
 
 
-def ran_on(metrics: dict) -> str:
-    """Device and precision as the run recorded them: what `device` and `precision: auto`
-    resolved to, which params alone do not tell."""
-    recorded = [lookup(metrics, ("train", key)) for key in ("device", "precision")]
+def ran_on(summary: dict) -> str:
+    """Device and precision as train recorded them in its summary: what `device` and
+    `precision: auto` resolved to, which params alone do not tell."""
+    recorded = [summary.get(key) for key in ("device", "precision")]
     return " ".join(str(x) for x in recorded if x is not None) or "-"
 
 
@@ -156,7 +156,7 @@ def summary_table(group: list[dict]) -> str:
         if not ran:
             continue
         cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran),
-                 ", ".join(sorted({ran_on(r["metrics"][f"metrics/{v}.json"]) for r in ran}))]
+                 ", ".join(sorted({ran_on(r["metrics"][f"metrics/{v}.json"].get("train", {})) for r in ran}))]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]
@@ -252,6 +252,11 @@ def read_shown(path: str) -> list:
         raise UserError(f"{path}: cannot read it as `dvc exp show --json` output ({e})")
 
 
+def with_params(found: list[dict], only: dict) -> list[dict]:
+    """The runs whose params have each KEY of `only` at its VALUE (compared as text)."""
+    return [r for r in found if all(str(flat(r["params"]).get(k)) == v for k, v in only.items())]
+
+
 def key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE, e.g. train.lr=0.001")
@@ -260,8 +265,7 @@ def key_value(text: str) -> tuple[str, str]:
 
 def report(shown: list, only: dict, curves_variant: str | None,
            by_seed_variant: str | None = None) -> str:
-    groups = seed_groups([r for r in runs(shown)
-                          if all(str(flat(r["params"]).get(k)) == v for k, v in only.items())])
+    groups = seed_groups(with_params(runs(shown), only))
     if not groups:
         raise UserError("no experiments that differ only in train.seed; run dvc exp run "
                         "--queue -S 'train.seed=1,2,3' and dvc queue start first")
