@@ -14,11 +14,12 @@ import sys
 import numpy as np
 
 from src.lib import plots
+from src.lib.architectures import ARCHITECTURES
 from src.lib.config import STUDY_CLASSES, load_config
 from src.lib.errors import UserError, command
 from src.lib.io import markdown_table, write_text
 from src.lib.metrics import format_p, holm, mcnemar, read_metrics, read_predictions
-from src.lib.paths import REPORTS_DIR
+from src.lib.paths import PREDICTIONS_DIR, REPORTS_DIR
 
 # Reported on the official test split by the study this project reproduces (accuracy, macro F1,
 # weighted F1), keyed by (architecture, trainable part); shown only for the study's classes.
@@ -49,8 +50,8 @@ def paired(name: str, released: str) -> tuple[dict, np.ndarray]:
     ours, theirs = read_predictions(name), read_predictions(released)
     if len(set(ours["files"])) != len(ours["files"]) or \
             sorted(ours["files"]) != sorted(theirs["files"]):
-        raise UserError(f"{REPORTS_DIR}/{name}/predictions.json and {REPORTS_DIR}/{released}/"
-                        "predictions.json do not list the same test images; rerun both "
+        raise UserError(f"{PREDICTIONS_DIR}/{name}.json and {PREDICTIONS_DIR}/{released}.json "
+                        "do not list the same test images; rerun both "
                         f"evaluations on the same data (`dvc repro evaluate@{name} "
                         f"evaluate@{released}`)")
     position = {f: i for i, f in enumerate(theirs["files"])}
@@ -79,7 +80,7 @@ def variant_row(variant) -> dict:
     study = STUDY.get((variant.arch, variant.trainable)) if same_task else None
     study = study or (None, None, None)
     return row(variant.name, m, arch=variant.arch, trainable=variant.trainable,
-               weights="none" if variant.arch == "cnn" else variant.train.weights,
+               weights=variant.train.weights if ARCHITECTURES[variant.arch].weights else "none",
                **{k: m["train"][k] for k in ("trainable_params", "total_params", "epochs",
                                               "best_epoch", "train_seconds")},
                val_f1_macro=round(m["train"]["best"]["val_f1_macro"], 4),

@@ -15,7 +15,6 @@ names. Writes the data report with its figures to reports/data/. The output does
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import sys
@@ -30,8 +29,9 @@ from src.lib import plots
 from src.lib.config import SPLITS, load_config
 from src.lib.data import (
     IMAGES_FILE, PARALLEL_FROM, balance_weights, decode_image, letterbox, load_split, pixel_digest,
-    process_pool
+    pool_map, process_pool
 )
+from src.lib.device import cpu_share
 from src.lib.errors import UserError, command
 from src.lib.io import MappedArray, file_digest, markdown_table, write_json, write_text
 from src.lib.paths import DATA_REPORT_DIR, PREPARED_DIR, RAW_DIR
@@ -77,7 +77,7 @@ def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
         pool = None
     else:
         pool = process_pool(workers, _start_worker, settings)
-        results = pool.imap(_decode_one, jobs, chunksize=16)
+        results = pool_map(pool, _decode_one, jobs, chunksize=16, doing="decoding images")
     kept, skipped = [], []
     try:
         for row, outcome in tqdm(results, total=len(jobs), desc="decode", unit="img"):
@@ -86,9 +86,8 @@ def decode_all(files, images_path, *, size: int, dicom_window, workers: int):
             else:
                 kept.append({"file": files[row], "row": row, **outcome})
     finally:
-        if pool is not None:
-            pool.terminate()  # all results are in, or we are stopping early
-            pool.join()
+        if pool is not None:  # all results are in, or we are stopping early
+            pool.shutdown(cancel_futures=True)
     return kept, skipped
 
 
@@ -296,7 +295,7 @@ def write_figures(raw_counts, report, splits, kept, near, images_path) -> None:
 @command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, help="decoding processes (default: one per core "
+    parser.add_argument("--workers", type=int, help="decoding processes (default: one per usable core "
                         f"from {PARALLEL_FROM} files, one below)")
     workers = parser.parse_args(argv).workers
     cfg = load_config()
@@ -304,7 +303,7 @@ def main(argv=None) -> None:
                                             cfg.prepare.dicom_window_width)
     files, skipped = scan_raw(RAW_DIR, cfg.data.classes)
     if workers is None:
-        workers = (os.cpu_count() or 1) if len(files) >= PARALLEL_FROM else 1
+        workers = cpu_share() if len(files) >= PARALLEL_FROM else 1
     workers = max(1, workers)
     # Built beside data/prepared and swapped in at the end: a failure keeps the previous one.
     partial = PREPARED_DIR.with_name(PREPARED_DIR.name + ".partial")

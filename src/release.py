@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from src.lib.architectures import ARCHITECTURES
 from src.lib.checkpoint import save_calibrated
 from src.lib.config import STUDY_CLASSES, load_config
 from src.lib.errors import command
@@ -52,7 +53,7 @@ Training images after cleaning: {train_counts}. Known problems, handled as follo
 
 
 def model_card(name: str, variant, metrics: dict, data: dict) -> str:
-    t = variant.train
+    t, arch = variant.train, ARCHITECTURES[variant.arch]
     table = markdown_table(
         ["test set", "images", "accuracy", "macro F1", "weighted F1", "ECE raw / scaled"],
         [[label, m["support"], *(with_interval(m, s) for s in ("accuracy", "f1_macro",
@@ -70,8 +71,8 @@ decision: the model has not been validated on any clinical population.
 
 ## Model
 {variant.arch}, trains `{variant.trainable}` ({metrics['train']['trainable_params']:,} of
-{metrics['train']['total_params']:,} parameters); initial weights: `{'none (from scratch)' if
-variant.arch == 'cnn' else t.weights}`. Adam, lr {t.lr}, batch {t.batch_size}, at most
+{metrics['train']['total_params']:,} parameters); initial weights: `{t.weights if
+arch.weights else 'none (from scratch)'}`. Adam, lr {t.lr}, batch {t.batch_size}, at most
 {t.max_epochs} epochs, stopped after {t.patience} epochs without a validation loss {t.min_delta}
 below the best; ran
 {metrics['train']['epochs']} epochs, checkpoint of epoch {metrics['train']['best_epoch']}
@@ -84,7 +85,7 @@ below the best; ran
 Decode to RGB (transparency over black), letterbox to {data['image_size']}x{data['image_size']}
 (aspect kept, zero padding), {FRAMING[t.framing]}{WINDOW[t.intensity]}resize to
 {variant.image_size}x{variant.image_size}, scale to [0,1],
-{'grayscale, ' if variant.arch == 'cnn' else ''}normalize per channel as the checkpoint file
+{'grayscale, ' if arch.grayscale else ''}normalize per channel as the checkpoint file
 states. `python -m src.predict` applies exactly this.
 
 ## Metrics

@@ -2,9 +2,10 @@
 
     python -m src.train resnet50
 
-Frozen layers run in eval mode once per image and augmentation view (see engine.Batches); the
-trainable head trains on those activations. Every random draw is keyed by the seed and what is
-drawn (engine.EpochDraws), so the run depends on its recipe alone. Early stopping on validation
+Frozen layers run in eval mode once per image and augmentation view (datasets.PrefixOutputs);
+the trainable head trains on those activations. Every random draw is keyed by the seed and what
+is drawn (sampler.EpochSampler), so the run depends on its recipe alone. With
+`train.processes` above 1 it runs under torchrun as that many processes (distributed.py). Early stopping on validation
 loss, as the study; the test split is not read here. Logs every epoch with DVCLive to
 dvclive/<variant>/plots/, and the chosen epoch's validation scores, with the run's length and
 environment, to dvclive/<variant>/metrics.json.
@@ -12,9 +13,11 @@ environment, to dvclive/<variant>/metrics.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,16 +29,17 @@ from src.lib.checkpoint import save_checkpoint, torch_load, torch_save
 from src.lib.config import load_config
 from src.lib.data import IMAGES_FILE, load_split
 from src.lib.device import (
-    autocast_dtype, environment, pick_device, seed_everything, set_deterministic
+    autocast_dtype, environment, pick_device, seed_everything, set_deterministic, set_threads
 )
+from src.lib.distributed import Processes, from_main, join, launch, leave, under_torchrun
 from src.lib.engine import (
-    Batches, EarlyStopping, EpochDraws, TrainingSetup, epoch_draws, train_one_epoch,
-    training_setup, validate
+    EarlyStopping, TrainingSetup, split_data, train_one_epoch, training_setup, validate
 )
 from src.lib.errors import UserError, command
 from src.lib.io import code_files, file_digest
 from src.lib.models import build_model, count_parameters
 from src.lib.paths import LIVE_DIR, MODELS_DIR, PREPARED_DIR, RESUME_DIR
+from src.lib.sampler import EpochSampler
 
 
 @dataclass
@@ -48,11 +52,14 @@ class Progress:
     best_weights: dict | None = None
     seconds: float = 0.0
 
-    def record(self, epoch: int, logged: dict, val_scores: dict, model, seconds: float) -> None:
+    def record(self, epoch: int, logged: dict, val_scores: dict, model, seconds: float,
+               keep_weights: bool = True) -> None:
         """After an epoch: keep its weights if its validation loss is the best so far."""
         if self.stopper.improved(val_scores["loss"], epoch):
             self.best = {f"val_{k}": v for k, v in val_scores.items()}
-            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if keep_weights:
+                self.best_weights = {k: v.detach().cpu().clone()
+                                     for k, v in model.state_dict().items()}
         self.epoch, self.history, self.seconds = epoch, self.history + [logged], seconds
 
 
@@ -60,7 +67,8 @@ class Resume:
     """The whole training state, saved after every epoch outside DVC's outputs (which DVC deletes
     before rerunning a stage). A rerun continues from it while `key` is unchanged. It holds no
     random generator's state, on the CPU or a GPU: every draw of an epoch comes from its own
-    seed (engine.EpochDraws), so a resumed run draws what the uninterrupted one would have."""
+    seed (sampler.EpochSampler), so a resumed run draws what the uninterrupted one would have.
+    Every process of a run reads it; the main one writes it."""
 
     def __init__(self, name: str, key: str):
         self.name, self.key, self.path = name, key, RESUME_DIR / f"{name}.pt"
@@ -112,20 +120,23 @@ def log_epoch(live: Live, logged: dict) -> None:
     live.next_step()
 
 
-def run_epoch(setup: TrainingSetup, valid_batches: Batches, draws: EpochDraws, *, variant,
-              device, dtype, epoch: int) -> tuple[dict, dict]:
-    """Train on `draws`, then validate: (what DVCLive logs, the validation scores)."""
-    t, name = variant.train, variant.name
-    train_scores = train_one_epoch(setup, draws, t.batch_size, device=device, dtype=dtype,
-                                   desc=f"{name} epoch {epoch}")
-    val_scores = validate(setup.head, valid_batches, batch_size=t.batch_size, device=device,
-                          dtype=dtype)
+def run_epoch(setup: TrainingSetup, valid_data, valid_labels, sampler: EpochSampler, *,
+              variant, device, dtype, procs: Processes) -> tuple[dict, dict]:
+    """Train on the sampler's epoch, then validate on the main process: (what DVCLive logs, the
+    validation scores), the same on every process."""
+    t, name, epoch = variant.train, variant.name, sampler.epoch
+    train_scores = train_one_epoch(setup, sampler, device=device, dtype=dtype,
+                                   desc=f"{name} epoch {epoch}", procs=procs)
+    val_scores = from_main(validate(setup.head, valid_data, valid_labels, arch=variant.arch,
+                                    batch_size=t.batch_size, device=device, dtype=dtype)
+                           if procs.main else None, procs)
     if math.isnan(val_scores["loss"]) or math.isnan(train_scores["loss"]):
         raise UserError(f"train@{name}: the loss became NaN in epoch {epoch}; lower "
                         f"variants.{name}.lr (now {t.lr})")
-    print(f"{name} epoch {epoch}: train loss {train_scores['loss']:.4f} "
-          f"acc {train_scores['acc']:.3f} | val loss {val_scores['loss']:.4f} "
-          f"acc {val_scores['acc']:.3f} f1 {val_scores['f1_macro']:.3f}", flush=True)
+    if procs.main:
+        print(f"{name} epoch {epoch}: train loss {train_scores['loss']:.4f} "
+              f"acc {train_scores['acc']:.3f} | val loss {val_scores['loss']:.4f} "
+              f"acc {val_scores['acc']:.3f} f1 {val_scores['f1_macro']:.3f}", flush=True)
     logged = {f"train/{k}": v for k, v in train_scores.items()}
     return logged | {f"val/{k}": v for k, v in val_scores.items()}, val_scores
 
@@ -135,53 +146,67 @@ def train_variant(name: str) -> dict:
     variant = cfg.variant(name)
     t = variant.train
     set_deterministic(t.deterministic)
-    seed_everything(t.seed)  # the initial weights; training's draws are keyed (EpochDraws)
-    device = pick_device(t.device)
+    seed_everything(t.seed)  # the initial weights; training's draws are keyed (EpochSampler)
+    procs, device = join(pick_device(t.device))
+    threads = set_threads(procs.local_count)
     dtype = autocast_dtype(t.precision, device)
     train, valid = load_split("train"), load_split("valid")
     model = build_model(variant, len(train["classes"])).to(device,
                                                            memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
-    run_env = environment(device, dtype)
-    print(f"{name}: {variant.arch}, trains {variant.trainable} ({trainable:,} of {total:,} "
-          f"parameters) on {run_env['device']} in {run_env['precision']}")
+    run_env = environment(device, dtype) | {"processes": procs.count, "threads": threads}
+    if procs.main:
+        print(f"{name}: {variant.arch}, trains {variant.trainable} ({trainable:,} of {total:,} "
+              f"parameters) on {procs.count} x {run_env['device']} in {run_env['precision']}")
 
     started = time.perf_counter()
-    setup = training_setup(model, variant, train, device=device, dtype=dtype)
-    valid_batches = Batches(valid["images"], valid["labels"], variant, device=device,
-                            dtype=dtype, budget=setup.budget, prefix=setup.prefix)
-    draws = t.draws_per_epoch or len(train["labels"])
+    setup = training_setup(model, variant, train, device=device, dtype=dtype, procs=procs)
+    valid_data = split_data(valid["images"], variant, prefix=setup.prefix, augment=None,
+                            budget=setup.budget, device=device, dtype=dtype) \
+        if procs.main else None
+    sampler = EpochSampler(train["sample_weights"], train["class_weights"][train["labels"]],
+                           seed=t.seed, draws=t.draws_per_epoch or len(train["labels"]),
+                           views=t.augment_views, batch_size=t.batch_size, rank=procs.rank,
+                           processes=procs.count)
     resume = Resume(name, run_key(variant))
     progress = resume.load(setup, model) or Progress(
         EarlyStopping(t.patience, t.min_delta))
     started -= progress.seconds
 
-    with Live(str(LIVE_DIR / name), dvcyaml=False, save_dvc_exp=False) as live:
-        for logged in progress.history:  # the resumed epochs, logged again into a fresh Live
+    live = Live(str(LIVE_DIR / name), dvcyaml=False, save_dvc_exp=False) if procs.main else None
+    with live or contextlib.nullcontext():
+        for logged in progress.history if live else ():  # the resumed epochs, into a fresh Live
             log_epoch(live, logged)
         for epoch in range(progress.epoch + 1, t.max_epochs + 1):
             if progress.stopper.should_stop(epoch - 1):
-                print(f"{name}: early stop, no validation loss {t.min_delta} below the best "
-                      f"for {t.patience} epochs")
+                if procs.main:
+                    print(f"{name}: early stop, no validation loss {t.min_delta} below the "
+                          f"best for {t.patience} epochs")
                 break
-            drawn = epoch_draws(t.seed, epoch, train["sample_weights"], draws, t.augment_views)
-            logged, val_scores = run_epoch(setup, valid_batches, drawn, variant=variant,
-                                           device=device, dtype=dtype, epoch=epoch)
-            log_epoch(live, logged)
-            progress.record(epoch, logged, val_scores, model, time.perf_counter() - started)
-            resume.save(progress, setup, model)
+            sampler.set_epoch(epoch)
+            logged, val_scores = run_epoch(setup, valid_data, valid["labels"], sampler,
+                                           variant=variant, device=device, dtype=dtype,
+                                           procs=procs)
+            progress.record(epoch, logged, val_scores, model, time.perf_counter() - started,
+                            keep_weights=procs.main)
+            if live:
+                log_epoch(live, logged)
+                resume.save(progress, setup, model)
         summary = {"epochs": progress.epoch, "best_epoch": progress.stopper.best_epoch,
                    "train_seconds": round(time.perf_counter() - started, 1),
                    "trainable_params": trainable, "total_params": total,
                    "best": progress.best, **run_env}
-        live.summary.update(summary)
-    if progress.best_weights is None:  # only an infinite loss never improves on the first
+        if live:
+            live.summary.update(summary)
+    if not progress.best:  # only an infinite loss never improves on the first
         losses = ", ".join(f"{h['val/loss']:g}" for h in progress.history)
         raise UserError(f"train@{name}: no epoch gave a finite validation loss ({losses}); "
                         f"lower variants.{name}.lr (now {t.lr}) or set "
                         f"variants.{name}.precision=fp32")
-    save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights, train)
-    resume.finish()
+    if procs.main:
+        save_checkpoint(MODELS_DIR / name / "model.pt", variant, progress.best_weights, train)
+        resume.finish()
+    leave(procs)
     return summary
 
 
@@ -189,7 +214,13 @@ def train_variant(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="a name under `variants` in params.yaml")
-    summary = train_variant(parser.parse_args().variant)
+    name = parser.parse_args().variant
+    processes = load_config().variant(name).train.processes
+    if processes > 1 and not under_torchrun():
+        return launch("src.train", [name], processes)
+    summary = train_variant(name)
+    if under_torchrun() and int(os.environ["RANK"]):
+        return
     print(f"best epoch {summary['best_epoch']} of {summary['epochs']}, "
           f"val macro F1 {summary['best']['val_f1_macro']:.3f}, {summary['train_seconds']} s")
 

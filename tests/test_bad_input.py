@@ -146,7 +146,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(small_disk):
 
 
 def test_a_training_cache_that_does_not_fit_on_disk_says_where_it_goes(small_disk, monkeypatch):
-    from src.lib.engine import Budget, RowCache
+    from src.lib.datasets import Budget, RowCache
     monkeypatch.setattr("tempfile.tempdir", str(small_disk))
     with pytest.raises(UserError, match=r"rows.npy: the disk is full; .* or set TMPDIR"):
         RowCache(1000, (3, 64, 64), torch.uint8, compute=None, budget=Budget(0), device="cpu")

@@ -304,3 +304,17 @@ def test_framing_many_images_in_parallel_gives_what_one_process_gives(tmp_path, 
     rows = np.arange(19, -1, -1)
     assert torch.equal(images.framed(rows, **settings), preset(images[rows], **settings))
     assert pools and pools[0] is not None  # a pool of processes framed them
+
+
+def _die(job):
+    os._exit(1)  # as a worker the system kills for memory ends
+
+
+def test_a_worker_process_that_dies_ends_the_work_in_one_line_not_a_hang():
+    pool = data.process_pool(2)
+    try:
+        with pytest.raises(UserError, match="a worker process died while framing images "
+                                            r"\(out of memory, or killed\)"):
+            list(data.pool_map(pool, _die, range(4), doing="framing images"))
+    finally:
+        pool.shutdown()

@@ -8,8 +8,9 @@ from dataclasses import replace
 
 from src.lib.config import parse_config
 from src.lib.device import grad_scaler
-from src.lib.engine import (Batches, Budget, RowCache, TrainingSetup, epoch_draws, slot_draws,
-                             train_one_epoch, validate)
+from src.lib.datasets import Budget, FramedImages, PrefixOutputs, RowCache, view_draws
+from src.lib.engine import TrainingSetup, train_one_epoch, validate
+from src.lib.sampler import EpochSampler
 from src.lib.transforms import model_input
 from tests.conftest import prepared_images, shipped_params
 
@@ -32,13 +33,15 @@ def one_epoch(scaler, folder) -> float:
     head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     before = head[1].weight.detach().clone()
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    batches = Batches(prepared_images(images, folder), torch.arange(16) % 4, variant(),
-                      device=CPU, dtype=torch.float16, budget=Budget(1))
-    setup = TrainingSetup(head=head, prefix=None, batches=batches,
+    data = FramedImages(prepared_images(images, folder), variant(), budget=Budget(1), device=CPU)
+    setup = TrainingSetup(head=head, prefix=None, data=data, labels=torch.arange(16) % 4,
+                          arch="resnet50", augment="study",
                           optimizer=torch.optim.SGD(head.parameters(), lr=1.0),
                           criterion=tiny_loss, scaler=scaler, budget=Budget(0))
-    draws = epoch_draws(0, 1, torch.ones(16), 16, views=1)
-    scores = train_one_epoch(setup, draws, 8, device=CPU, dtype=torch.float16, desc="test")
+    sampler = EpochSampler(torch.ones(16), torch.ones(16), seed=0, draws=16, views=1,
+                           batch_size=8)
+    sampler.set_epoch(1)
+    scores = train_one_epoch(setup, sampler, device=CPU, dtype=torch.float16, desc="test")
     assert math.isfinite(scores["loss"])
     return (head[1].weight.detach() - before).abs().max().item()
 
@@ -54,15 +57,16 @@ def test_validation_loss_grows_with_how_confidently_wrong_the_head_is(tmp_path):
     # from probabilities would be capped (and equal for both heads below); from logits it is not.
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(8) % 4
-    batches = Batches(prepared_images(images, tmp_path), labels, variant(), device=CPU,
-                      dtype=None, budget=Budget(1))
+    data = FramedImages(prepared_images(images, tmp_path), variant(), budget=Budget(1),
+                        device=CPU)
 
     def loss_when_always_class_0(margin: float) -> float:
         head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         nn.init.zeros_(head[1].weight)
         with torch.no_grad():
             head[1].bias.copy_(torch.tensor([margin, 0.0, 0.0, 0.0]))
-        scores = validate(head, batches, batch_size=3, device=CPU, dtype=None)
+        scores = validate(head, data, labels, arch="resnet50", batch_size=3, device=CPU,
+                          dtype=None)
         assert scores["acc"] == 0.25  # the two images of class 0
         return scores["loss"]
 
@@ -111,42 +115,95 @@ def test_row_cache_computes_each_row_once_when_first_drawn(megabytes):
     assert torch.equal(second[1], compute.fn(torch.tensor([4]))[0])
 
 
-def prefix_batches(folder, megabytes: int) -> tuple[Batches, Counted]:
-    """Training batches of a frozen linear prefix over 12 random 8x8 images, 3 views."""
+def prefix_outputs(folder, megabytes: int) -> tuple[PrefixOutputs, Counted]:
+    """Training outputs of a frozen linear prefix over 12 random 8x8 images, 3 views."""
     torch.manual_seed(0)
     images = prepared_images(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8), folder)
     prefix = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
-    batches = Batches(images, torch.arange(12) % 4, variant(augment_views=3, batch_size=4),
-                      device=CPU, dtype=None, budget=Budget(megabytes), prefix=prefix, train=True)
-    batches.features.compute = Counted(batches.features.compute)
-    return batches, batches.features.compute
+    v = variant(augment_views=3, batch_size=4)
+    budget = Budget(megabytes)
+    outputs = PrefixOutputs(FramedImages(images, v, budget=budget, device=CPU), prefix, v,
+                            augment="study", budget=budget, device=CPU, dtype=None)
+    outputs.rows.compute = Counted(outputs.rows.compute)
+    return outputs, outputs.rows.compute
 
 
 @pytest.mark.parametrize("megabytes", [1, 0], ids=["in memory", "on disk"])
 def test_prefix_outputs_are_computed_when_first_drawn(tmp_path, megabytes):
-    batches, compute = prefix_batches(tmp_path, megabytes)
-    assert not batches.features.done.any()
-    (features,) = batches.get(torch.tensor([5, 7]), view=torch.tensor([2, 0]))
+    outputs, compute = prefix_outputs(tmp_path, megabytes)
+    assert not outputs.rows.done.any()
+    (features,) = outputs[torch.tensor([5, 7]), torch.tensor([2, 0])]
     assert sorted(compute.asked) == [7, 2 * 12 + 5]  # slot = view x 12 + image
     # each is the prefix's output for its image's view, augmented by its own seeded draws
-    image = batches.frames.get(torch.tensor([5]))
-    expected = batches.prefix(model_input(image, "resnet50", draws=slot_draws(
-        batches.seed, torch.tensor([5]), torch.tensor([2]))))
+    image = outputs.framed[torch.tensor([5])]
+    expected = outputs.prefix(model_input(image, "resnet50", draws=view_draws(
+        outputs.seed, torch.tensor([5]), torch.tensor([2]))))
     assert torch.allclose(features[0].flatten(), expected.flatten(), atol=1e-6)
 
 
 def test_outputs_computed_when_drawn_do_not_depend_on_the_order_of_draws(tmp_path):
-    a, _ = prefix_batches(tmp_path / "a", megabytes=0)
-    b, _ = prefix_batches(tmp_path / "b", megabytes=1)
+    a, _ = prefix_outputs(tmp_path / "a", megabytes=0)
+    b, _ = prefix_outputs(tmp_path / "b", megabytes=1)
     slots = torch.tensor([0, 13, 35, 7])
-    assert torch.equal(a.features.get(slots), b.features.get(slots.flip(0)).flip(0))
+    assert torch.equal(a.rows.get(slots), b.rows.get(slots.flip(0)).flip(0))
+
+
+def epoch_batches(seed=7, epoch=2, draws=50, rank=0, processes=1, loss_weights=None):
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    sampler = EpochSampler(weights, torch.ones(4) if loss_weights is None else loss_weights,
+                           seed=seed, draws=draws, views=8, batch_size=8, rank=rank,
+                           processes=processes)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
 def test_an_epochs_draws_depend_on_the_seed_and_the_epoch_alone():
-    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    second = epoch_draws(7, 2, weights, 50, views=8)
-    again = epoch_draws(7, 2, weights, 50, views=8)
-    assert all(torch.equal(getattr(second, k), getattr(again, k))
-               for k in ("order", "view", "augment"))
-    assert not torch.equal(epoch_draws(7, 1, weights, 50, views=8).order, second.order)
-    assert not torch.equal(epoch_draws(8, 2, weights, 50, views=8).order, second.order)
+    second, again = epoch_batches(), epoch_batches()
+    assert all(torch.equal(getattr(a, k), getattr(b, k)) for a, b in zip(second, again)
+               for k in ("images", "views", "augment"))
+    order = torch.cat([b.images for b in second])
+    assert len(order) == 50 and all(b.share == 1.0 for b in second)
+    assert not torch.equal(torch.cat([b.images for b in epoch_batches(epoch=1)]), order)
+    assert not torch.equal(torch.cat([b.images for b in epoch_batches(seed=8)]), order)
+
+
+def test_processes_share_every_batch_and_draw_what_one_process_draws():
+    # 50 draws in batches of 8: the last batch holds 2, one per process of 2, none of 3
+    loss_weights = torch.tensor([1.0, 1.0, 3.0, 1.0])  # prepare.balance=class_weights
+    one = epoch_batches(loss_weights=loss_weights)
+    for processes, steps in ((2, 7), (3, 6)):
+        ranks = [epoch_batches(rank=r, processes=processes, loss_weights=loss_weights)
+                 for r in range(processes)]
+        assert all(len(batches) == steps for batches in ranks)
+        for step, parts in enumerate(zip(*ranks)):
+            for k in ("images", "views", "augment"):
+                assert torch.equal(torch.cat([getattr(p, k) for p in parts]),
+                                   getattr(one[step], k))
+            # each share's mean loss x its share, averaged over the processes (as DDP
+            # averages gradients): the whole batch's class-weighted mean
+            per_image = torch.rand(len(one[step].images))
+            w = loss_weights[one[step].images]
+            means = [(w[i] * per_image[i]).sum() / w[i].sum() for i in torch.arange(
+                len(w)).tensor_split(processes)]
+            averaged = sum(m * p.share for m, p in zip(means, parts)) / processes
+            assert averaged.item() == pytest.approx(((w * per_image).sum() / w.sum()).item())
+
+
+def test_experiments_side_by_side_take_a_gpu_each_and_share_the_cpus(tmp_path, monkeypatch):
+    from src.lib import device, distributed
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    try:
+        # a lock per GPU, held while its process runs: here, three trainings in one process
+        assert [distributed.free_gpu(2) for _ in range(3)] == [0, 1, 0]
+    finally:
+        while distributed._claimed:
+            distributed._claimed.pop().close()
+    assert distributed.free_gpu(2) == 0  # released
+    distributed._claimed.pop().close()
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(device, "queue_workers", lambda: 2)
+    device.cpu_share.cache_clear()
+    try:  # 8 usable CPUs, 2 experiments side by side, each with 2 processes
+        assert device.cpu_share(2) == 2 and device.cpu_share(1) == 4
+    finally:
+        device.cpu_share.cache_clear()

@@ -157,7 +157,7 @@ def test_holm_adjusts_the_kth_smallest_of_m_p_values_by_m_minus_k_plus_one():
 
 def write_rows(name: str, rows: list[tuple[str, str, str]]) -> None:
     from src.lib.io import write_json
-    write_json(Path(f"reports/{name}/predictions.json"), [
+    write_json(Path(f"predictions/{name}.json"), [
         {"file": f, "actual": actual, "predicted": predicted, "leak_free": True,
          "probabilities": {"a": 0.5, "b": 0.5}} for f, actual, predicted in rows])
 
@@ -170,8 +170,8 @@ def test_compare_pairs_predictions_by_file_and_refuses_different_images(in_tmp):
     ours, theirs = paired("ours", "released")
     assert ours["files"].tolist() == ["x.png", "y.png"] and theirs.tolist() == [1, 1]
     write_rows("other", [("x.png", "a", "a"), ("z.png", "b", "a")])
-    with pytest.raises(UserError, match="reports/other/predictions.json and reports/released/"
-                                        "predictions.json do not list the same test images"):
+    with pytest.raises(UserError, match="predictions/other.json and predictions/released.json "
+                                        "do not list the same test images"):
         paired("other", "released")
 
 

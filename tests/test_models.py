@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from src.lib.architectures import ARCHITECTURES
 from src.lib.config import parse_config
 from src.lib.errors import UserError
+from src.lib.explain import cam_layer, grad_cam
 from src.lib.models import (
     build_model, count_parameters, forward_train, set_train_mode, split_frozen
 )
@@ -31,20 +33,6 @@ def test_trainable_parameters_match_the_study(name, trainable, total):
         assert count_parameters(build_model(v, 4)) == (2_751_428, 2_751_428)
         v = replace(v, image_size=224)
     assert count_parameters(build_model(v, 4)) == (trainable, total)
-
-
-@pytest.mark.parametrize("name, size", [("resnet50_fc", 64), ("resnet50", 64),
-                                        ("inception_v3_fc", 299), ("inception_v3", 299)])
-def test_frozen_prefix_then_head_equals_the_whole_network(name, size):
-    v = variant(name)
-    model = build_model(v, 4).eval()
-    prefix, head = split_frozen(model, v)
-    assert not any(p.requires_grad for p in prefix.parameters())
-    x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        features = prefix(x)
-        features = features if isinstance(features, tuple) else (features,)
-        assert torch.allclose(head.eval()(*features), model(x), atol=1e-5)
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_while_training():
@@ -81,8 +69,13 @@ def test_missing_imagenet_weights_name_the_file_and_the_way_out(monkeypatch):
     with pytest.raises(UserError) as err:
         build_model(variant("resnet50", weights="imagenet"), 4)
     message = str(err.value)
-    assert "resnet50-11ad3fa6.pth" in message and "checkpoints" in message
+    assert "resnet50-0676ba61.pth" in message and "checkpoints" in message  # IMAGENET1K_V1
     assert "train.weights=none" in message
+    with pytest.raises(UserError, match="resnet50-11ad3fa6.pth"):  # torchvision's newer recipe
+        build_model(variant("resnet50", weights="IMAGENET1K_V2"), 4)
+    with pytest.raises(UserError, match="no IMAGENET1K_V9 for resnet50; use imagenet, none or "
+                                        "one of IMAGENET1K_V1, IMAGENET1K_V2"):
+        build_model(variant("resnet50", weights="IMAGENET1K_V9"), 4)
 
 
 def test_weights_from_a_local_state_dict_file(tmp_path):
@@ -107,12 +100,43 @@ def test_cnn_is_the_studys_layer_for_layer():
     assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [512, 256, 4]
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet50", "inception_v3"])
-def test_every_head_has_one_output_per_class(name):
-    v = variant(name)
+def registered(arch: str, trainable: str):
+    """A variant of any registered architecture, at its smallest input size."""
+    raw = shipped_params()
+    raw["train"]["weights"] = "none"
+    raw["variants"] = {"v": {"arch": arch, "trainable": trainable,
+                             "image_size": ARCHITECTURES[arch].min_size}}
+    raw["model"] = "v"
+    return parse_config(raw).variant("v")
+
+
+@pytest.mark.parametrize("arch, trainable", [(a, t) for a, spec in ARCHITECTURES.items()
+                                             for t in spec.trainable])
+def test_every_architecture_splits_into_a_frozen_prefix_and_the_head_it_trains(arch, trainable):
+    v = registered(arch, trainable)
     model = build_model(v, 3).eval()
-    x = torch.zeros(1, 1 if name == "cnn" else 3, v.image_size, v.image_size)
+    state = len(model.state_dict())
+    prefix, head = split_frozen(model, v)
+    assert len(model.state_dict()) == state  # splitting leaves the model whole
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trained and trained <= {id(p) for p in head.parameters()}
+    if prefix is not None:
+        assert not any(p.requires_grad for p in prefix.parameters())
+    x = torch.rand(2, 1 if ARCHITECTURES[arch].grayscale else 3, v.image_size, v.image_size)
     with torch.no_grad():
-        assert model(x).shape == (1, 3)
-    if name == "inception_v3":
-        assert model.AuxLogits.fc.out_features == 3
+        expected = model(x)
+        assert expected.shape == (2, 3)
+        features = (x,) if prefix is None else prefix(x)
+        features = features if isinstance(features, tuple) else (features,)
+        assert torch.allclose(head.eval()(*features), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "inception_v3"
+                                  else a for a in ARCHITECTURES])
+def test_grad_cam_finds_every_architectures_layer_and_maps_the_whole_image(arch):
+    v = registered(arch, "all")
+    model = build_model(v, 3).eval()
+    x = torch.rand(1, 1 if ARCHITECTURES[arch].grayscale else 3, v.image_size, v.image_size)
+    heatmap, logits = grad_cam(model, cam_layer(model, arch), x)
+    assert heatmap.shape == (1, v.image_size, v.image_size) and logits.shape == (1, 3)
+    assert heatmap.min() >= 0 and heatmap.max() <= 1

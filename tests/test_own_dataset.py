@@ -96,7 +96,7 @@ def test_the_model_and_its_reports_have_one_output_per_class(own):
     assert clf.model[-1].out_features == 3
     metrics = json.loads((own / "metrics/cnn.json").read_text())
     assert list(metrics["test"]["f1_per_class"]) == ["benign", "malignant", "normal"]
-    rows = json.loads((own / "reports/cnn/predictions.json").read_text())
+    rows = json.loads((own / "predictions/cnn.json").read_text())
     assert all(list(r["probabilities"]) == ["benign", "malignant", "normal"] for r in rows)
 
 

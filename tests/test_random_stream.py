@@ -12,6 +12,7 @@ from tests.conftest import prepared_sample
 # The CNN trains everything (augmentation per draw, dropout); resnet50_fc trains a head on a
 # frozen prefix's cached views. Small enough for seconds per epoch on the sample.
 RECIPES = {"cnn": {}, "resnet50_fc": {"image_size": 32}}
+pytestmark = pytest.mark.slow  # minutes: CI runs it, `pytest -m "not slow"` skips it
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import yaml
 from tests.conftest import ROOT, prepared_sample
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+pytestmark = pytest.mark.slow  # minutes: CI runs it, `pytest -m "not slow"` skips it
 
 
 def stage(workdir, *args, check=True):

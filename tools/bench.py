@@ -5,6 +5,7 @@ Both run in the same run of this script, on the same data, for the same training
     python -m tools.bench [--quick] [--epochs 30] [--plain-epochs 1] [--variants cnn resnet50 ...]
     python -m tools.bench --compile           # also the pipeline's step under torch.compile
     python -m tools.bench --repro ARCHIVE     # a full `dvc repro` on the real data, timed per stage
+    python -m tools.bench --queue ARCHIVE     # two queued experiments side by side, or in turn
     python -m tools.bench --startup           # what each stage pays to import, against torch
 
 Needs data/raw and data/prepared (`dvc repro prepare`). For each variant it trains, each in a
@@ -32,6 +33,9 @@ compile; this row shows whether it would pay.
 --repro clones the committed project into a temporary folder, points `data` at the archive
 (source=local) with train.weights=none, runs every stage of `dvc repro` on its own and prints
 the wall time of each, then the comparison table.
+
+--queue, on such a clone, queues two `train@cnn` experiments and times `dvc queue start -j 1`
+(one after the other) against -j 2 (side by side, each with its share of the CPUs).
 
 --startup times importing torch._dynamo, torchvision and each module of src/ (or the modules
 named) in a fresh Python, best of 3, against `import torch` alone, and names the heavy libraries
@@ -66,14 +70,15 @@ from src.lib.checkpoint import save_checkpoint
 from src.lib.config import load_config
 from src.lib.data import IMAGES_FILE, PreparedImages, balance_weights, decode_rgb, letterbox
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
-from src.lib.engine import epoch_draws, train_one_epoch, training_setup
+from src.lib.engine import train_one_epoch, training_setup
+from src.lib.architectures import ARCHITECTURES
 from src.lib.errors import UserError, command
 from src.lib.inference import classify, load_classifier, read_image
 from src.lib.io import MappedArray, markdown_row, markdown_table
 from src.lib.models import build_model, forward_train
 from src.lib.paths import RAW_DIR
 from src.lib.raw import scan_raw
-from src.lib.transforms import NORMALIZATION
+from src.lib.sampler import EpochSampler
 from tools.measurement import cpu_name, write_measurement
 
 
@@ -84,12 +89,12 @@ def without_download(variant):
 
 def plain_loader(variant, draws: int, workers: int) -> DataLoader:
     """The study's input pipeline: decode and transform every drawn sample."""
-    spec = NORMALIZATION[variant.arch]
+    spec = ARCHITECTURES[variant.arch]
     steps = [T.Lambda(lambda im: letterbox(im, variant.image_size)), T.ToPILImage(),
              T.RandomHorizontalFlip(), T.RandomRotation(10), T.ColorJitter(0.1, 0.1)]
-    if spec["grayscale"]:
+    if spec.grayscale:
         steps.append(T.Grayscale())
-    steps += [T.ToTensor(), T.Normalize(spec["mean"], spec["std"])]
+    steps += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     dataset = datasets.ImageFolder(str(RAW_DIR / "Data/train"), transform=T.Compose(steps),
                                    loader=decode_rgb)
     counts = torch.bincount(torch.tensor(dataset.targets)).float()
@@ -151,10 +156,12 @@ def run_pipeline(variant, *, epochs: int, draws: int, device, compiled: bool = F
         setup.head = torch.compile(setup.head)
     setup_seconds = time.perf_counter() - start
 
+    sampler = EpochSampler(sample_weights, class_weights[labels], seed=t.seed, draws=draws,
+                           views=t.augment_views, batch_size=t.batch_size)
+
     def epoch(i):
-        drawn = epoch_draws(t.seed, i + 1, sample_weights, draws, t.augment_views)
-        train_one_epoch(setup, drawn, t.batch_size, device=device, dtype=dtype,
-                        desc=f"epoch {i + 1}")
+        sampler.set_epoch(i + 1)
+        train_one_epoch(setup, sampler, device=device, dtype=dtype, desc=f"epoch {i + 1}")
     return setup_seconds, timed_epochs(epochs, epoch)
 
 
@@ -181,25 +188,32 @@ def measure(name: str, method: str, *, epochs: int, draws: int, workers: int) ->
             "peak_mb": round(peak)}
 
 
-def timed_repro(archive: str, emit) -> None:
-    """Every stage of a full `dvc repro` on the real data, each timed on its own."""
+def run_in(work: Path, *cmd) -> str:
+    done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    if done.returncode:
+        raise UserError(f"{' '.join(cmd[:3])} failed: "
+                        f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return done.stdout
+
+
+def project_on(archive: str) -> tuple[Path, str]:
+    """(a clone of the committed project in a temporary folder with `data` pointed at the
+    archive (source=local) and train.weights=none, its commit)."""
     if not Path(archive).exists():
         raise UserError(f"{archive}: not found; give the zip from the dataset's Kaggle page")
-    work = Path(tempfile.mkdtemp(prefix="bench-repro-")) / "project"
-
-    def run(*cmd, cwd=work) -> str:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        if done.returncode:
-            raise UserError(f"{' '.join(cmd[:3])} failed: "
-                            f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
-        return done.stdout
-    run("git", "clone", "-q", ".", str(work), cwd=".")
-    commit = run("git", "rev-parse", "--short", "HEAD").strip()
+    work = Path(tempfile.mkdtemp(prefix="bench-")) / "project"
+    run_in(Path("."), "git", "clone", "-q", ".", str(work))
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"].update(source="local", archive=str(Path(archive).resolve()))
     params["train"]["weights"] = "none"  # ImageNet weights may be out of reach; same compute
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = run("dvc", "stage", "list", "--name-only").split()
+    return work, run_in(work, "git", "rev-parse", "--short", "HEAD").strip()
+
+
+def timed_repro(archive: str, emit) -> None:
+    """Every stage of a full `dvc repro` on the real data, each timed on its own."""
+    work, commit = project_on(archive)
+    stages = run_in(work, "dvc", "stage", "list", "--name-only").split()
     emit(f"{machine()}; `dvc repro` of commit {commit} on {Path(archive).name}, "
          "train.weights=none\n")
     emit(markdown_table(["stage", "seconds"], []).rstrip())
@@ -214,6 +228,50 @@ def timed_repro(archive: str, emit) -> None:
         emit(markdown_row([stage, f"{time.perf_counter() - start:.0f}"]))
     emit(markdown_row(["total", f"{time.perf_counter() - total:.0f}"]) + "\n")
     emit((work / "reports/comparison.md").read_text())
+
+
+def run_queue(work: Path, jobs: int) -> float:
+    """Seconds from `dvc queue start -j jobs` until nothing is queued or running. A worker that
+    stops with work queued (docs/parallel.md) is started again."""
+    start = time.perf_counter()
+    while True:
+        with open(work / "queue-start.log", "a") as log:  # its workers hold a pipe open
+            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=work, stdout=log,
+                           stderr=subprocess.STDOUT, check=True)
+        while re.search(r"\b(Queued|Running)\b", status := run_in(work, "dvc", "queue",
+                                                                  "status")):
+            if "Running" not in status and "0 active, 0 idle" in status:
+                break
+            time.sleep(2)
+        else:
+            if "Failed" in status:
+                raise UserError(f"a queued experiment failed in {work}: {status}")
+            return time.perf_counter() - start
+
+
+def timed_queue(archive: str, emit, epochs: int = 3) -> None:
+    """Two queued experiments (train@cnn, `epochs` epochs) run side by side (`dvc queue start
+    -j 2`) against one after the other (-j 1), on the real data; each pair with its own seeds,
+    so that the run-cache holds none of them."""
+    work, commit = project_on(archive)
+    run_in(work, "dvc", "repro", "prepare")
+    run_in(work, "git", "add", "-A")
+    run_in(work, "git", "commit", "-qm", "prepared")  # queued experiments start from HEAD
+    emit(f"{machine()}; two queued `train@cnn` experiments of {epochs} epochs, commit {commit}, "
+         f"on {Path(archive).name}\n")
+    emit(markdown_table(["dvc queue start", "seconds for both", "against -j 1"], []).rstrip())
+    seconds = {}
+    for jobs, seeds in ((1, (1, 2)), (2, (3, 4))):
+        for seed in seeds:
+            run_in(work, "dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}", "-S",
+                   f"train.max_epochs={epochs}", "train@cnn")
+        seconds[jobs] = run_queue(work, jobs)
+        emit(markdown_row([f"-j {jobs}", f"{seconds[jobs]:.0f}",
+                           f"{seconds[jobs] / seconds[1]:.2f}x"]))
+    shown = json.loads(run_in(work, "dvc", "exp", "show", "--json"))
+    threads = sorted({e["revs"][0]["data"]["metrics"]["dvclive/cnn/metrics.json"]["data"]
+                      ["threads"] for e in shown[1]["experiments"] or []})
+    emit(f"\ntorch threads per experiment (dvclive/cnn/metrics.json): {threads}")
 
 
 def timed_predict(emit) -> None:
@@ -353,13 +411,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time the pipeline's step under torch.compile")
     parser.add_argument("--repro", metavar="ARCHIVE", help="time a full dvc repro on ARCHIVE")
+    parser.add_argument("--queue", metavar="ARCHIVE",
+                        help="time two queued experiments on ARCHIVE, side by side and in turn")
     parser.add_argument("--predict", action="store_true",
                         help="time loading a ResNet-50 checkpoint and classifying one image")
     parser.add_argument("--startup", nargs="*", metavar="MODULE",
                         help="time importing torch._dynamo, torchvision and each module of src/ "
                              "(or the modules named)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="also write the result to DIR/<speed|repro|predict|startup>-"
+                        help="also write the result to DIR/<speed|repro|queue|predict|startup>-"
                              "<device>-<precision>-torch<version>.md")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -376,6 +436,9 @@ def main() -> None:
     if args.repro:
         kind = "repro"
         timed_repro(args.repro, emit)
+    elif args.queue:
+        kind = "queue"
+        timed_queue(args.queue, emit)
     elif args.predict:
         kind = "predict"
         timed_predict(emit)

@@ -46,7 +46,8 @@ import yaml
 from PIL import Image
 
 from src.lib.config import load_config
-from src.lib.data import process_pool
+from src.lib.data import pool_map, process_pool
+from src.lib.device import cpu_share
 from src.lib.errors import UserError, command
 from src.lib.io import markdown_table, read_json
 from src.lib.paths import PARAMS_FILE, SAMPLE_DIR
@@ -138,11 +139,12 @@ def write_synthetic(data_dir: Path, scale: int = 1, counts: dict | None = None,
         return data_dir
     shutil.rmtree(data_dir, ignore_errors=True)  # an interrupted run's partial set
     tasks = synthetic_tasks(data_dir, counts)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpu_share()
     start, step = time.perf_counter(), max(100, total // 10)
-    with process_pool(workers, None) as pool:
+    with process_pool(workers) as pool:
         # Chunks of images per task amortize the inter-process messages over cheap images.
-        for done, _ in enumerate(pool.imap_unordered(write_one, tasks, chunksize=32), 1):
+        for done, _ in enumerate(pool_map(pool, write_one, tasks, chunksize=32,
+                                          doing="writing synthetic images"), 1):
             if done % step == 0 or done == total:
                 print(f"{data_dir.name}: {done}/{total} images", flush=True)
     print(f"{data_dir.name}: written in {time.perf_counter() - start:.0f} s", flush=True)

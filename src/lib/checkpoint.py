@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from src.lib.architectures import ARCHITECTURES
 from src.lib.config import VariantConfig
 from src.lib.errors import UserError
 from src.lib.io import atomic_write, not_found
 from src.lib.models import network
-from src.lib.transforms import NORMALIZATION
 
 FORMAT_VERSION = 2  # 2: the dataset's own classes and the DICOM window
 FIELDS = ("format_version", "state_dict", "variant", "arch", "trainable", "image_size",
@@ -46,14 +46,15 @@ def save_checkpoint(path: Path, variant: VariantConfig, state_dict: dict, train:
     `prepare` wrote it: DICOM window, letterbox size) and of the variant (frame and resize to
     `image_size`, normalize), and its precision setting, which the machine that loads it
     resolves as training did (`auto`: bfloat16 where it is fast)."""
-    t = variant.train
+    t, arch = variant.train, ARCHITECTURES[variant.arch]
     torch_save(path, {"format_version": FORMAT_VERSION, "state_dict": state_dict,
                       "variant": variant.name, "arch": variant.arch,
                       "trainable": variant.trainable, "image_size": variant.image_size,
                       "prepared_size": train["image_size"],
                       "dicom_window": train["dicom_window"], "framing": t.framing,
                       "intensity": t.intensity, "precision": t.precision,
-                      "classes": train["classes"], **NORMALIZATION[variant.arch]})
+                      "classes": train["classes"], "mean": list(arch.mean), "std": list(arch.std),
+                      "grayscale": arch.grayscale})
 
 
 def save_calibrated(source: Path, path: Path, *, temperature: float,

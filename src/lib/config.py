@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from src.lib.architectures import ARCHITECTURES
 from src.lib.errors import UserError
 from src.lib.paths import PARAMS_FILE
 
@@ -18,12 +19,6 @@ from src.lib.paths import PARAMS_FILE
 # ImageFolder sorts them, so label i is the i-th output of every model.
 STUDY_CLASSES = ("adenocarcinoma", "large_cell_carcinoma", "normal", "squamous_cell_carcinoma")
 SPLITS = ("train", "valid", "test")
-ARCHS = ("cnn", "resnet50", "inception_v3")
-# What each architecture can train: `classifier` (the final layer only), `last_block` (the last
-# convolutional block as well), `all` (from scratch).
-TRAINABLE = {"cnn": ("all",), "resnet50": ("classifier", "last_block"),
-             "inception_v3": ("classifier", "last_block")}
-MIN_IMAGE_SIZE = {"cnn": 32, "resnet50": 32, "inception_v3": 299}  # inception's aux branch needs 299
 
 
 class ConfigError(UserError):
@@ -90,6 +85,7 @@ class TrainConfig:
     augment: str
     cache_mb: int
     deterministic: bool
+    processes: int
 
 
 @dataclass(frozen=True)
@@ -162,7 +158,7 @@ def _at_least(value, minimum, key: str):
 
 
 def _check_train(t: TrainConfig, key: str) -> None:
-    for name in ("max_epochs", "batch_size", "augment_views"):
+    for name in ("max_epochs", "batch_size", "augment_views", "processes"):
         _at_least(getattr(t, name), 1, f"{key}.{name}")
     _at_least(t.patience, 1, f"{key}.patience")
     _at_least(t.min_delta, 0, f"{key}.min_delta")
@@ -172,13 +168,19 @@ def _check_train(t: TrainConfig, key: str) -> None:
         raise ConfigError(f"{key}.lr: {t.lr} must be a positive number (the study used 0.001)")
     _at_least(t.weight_decay, 0, f"{key}.weight_decay")
     _one_of(t.device, ("auto", "cpu", "cuda", "mps"), f"{key}.device")
+    if t.batch_size < t.processes:
+        raise ConfigError(f"{key}.batch_size: {t.batch_size} cannot be shared by "
+                          f"{t.processes} processes (train.processes); use at least one per "
+                          "process")
     _one_of(t.precision, ("auto", "fp32", "bf16"), f"{key}.precision")
     _one_of(t.framing, ("letterbox", "body", "body_masked"), f"{key}.framing")
     _one_of(t.intensity, ("as_is", "window"), f"{key}.intensity")
     _one_of(t.augment, ("study", "strong"), f"{key}.augment")  # transforms.AUGMENT
-    if t.weights not in ("imagenet", "none") and not t.weights.endswith((".pt", ".pth")):
-        raise ConfigError(f"{key}.weights: '{t.weights}' is not allowed; use imagenet, none "
-                          "or the path of a state-dict file (.pt or .pth)")
+    if t.weights not in ("imagenet", "none") and not t.weights.endswith((".pt", ".pth")) and \
+            not re.fullmatch(r"[A-Z][A-Z0-9_]*", t.weights):
+        raise ConfigError(f"{key}.weights: '{t.weights}' is not allowed; use imagenet, none, "
+                          "torchvision's name for other weights (IMAGENET1K_V2) or the path of a "
+                          "state-dict file (.pt or .pth)")
 
 
 def _variant(name: str, raw, train: TrainConfig, prepared_size: int) -> VariantConfig:
@@ -189,12 +191,14 @@ def _variant(name: str, raw, train: TrainConfig, prepared_size: int) -> VariantC
         if required not in raw:
             raise ConfigError(f"{key}.{required}: missing")
     arch, trainable, size = raw["arch"], raw["trainable"], raw["image_size"]
-    _one_of(arch, ARCHS, f"{key}.arch")
-    _one_of(trainable, TRAINABLE[arch], f"{key}.trainable")
+    _one_of(arch, tuple(ARCHITECTURES), f"{key}.arch")
+    spec = ARCHITECTURES[arch]
+    _one_of(trainable, spec.trainable, f"{key}.trainable")
     size = _check_type(size, "int", f"{key}.image_size")
-    if not MIN_IMAGE_SIZE[arch] <= size <= prepared_size:
+    largest = min(spec.max_size or prepared_size, prepared_size)
+    if not spec.min_size <= size <= largest:
         raise ConfigError(f"{key}.image_size: {size} does not fit {arch}; use "
-                          f"{MIN_IMAGE_SIZE[arch]} to {prepared_size} (prepare.image_size)")
+                          f"{spec.min_size} to {largest} (at most prepare.image_size)")
     # Any other key overrides the `train` default of the same name; null keeps the default.
     overrides = {k: v for k, v in raw.items()
                  if k not in ("arch", "trainable", "image_size") and v is not None}

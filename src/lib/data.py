@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
-import os
 import signal
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from src.lib.device import cpu_share
 from src.lib.dicom import read_dicom
+from src.lib.errors import UserError
 from src.lib.io import MappedArray, read_json
 from src.lib.paths import PREPARED_DIR
 from src.lib.transforms import per_image, preset
@@ -83,24 +86,37 @@ def _start_framing_worker() -> None:
     torch.set_num_threads(1)                      # one process per core already
 
 
-def process_pool(workers: int, initializer, initargs=()):
+def process_pool(workers: int, initializer=None, initargs=()) -> ProcessPoolExecutor:
     """A pool of `workers` processes forked from a fresh single-threaded server that has already
     imported this module (torch, numpy, PIL), not from this process: a fork while one of this
     process's threads (torch's, another pool's) holds a lock can leave the child deadlocked.
-    Spawned where there is no fork server (Windows)."""
+    Spawned where there is no fork server (Windows). An executor, not multiprocessing.Pool: when
+    a worker dies (out of memory, killed), its results raise BrokenProcessPool (pool_map) where
+    a Pool would wait for them forever."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])  # no effect once the server runs
     else:
         context = multiprocessing.get_context("spawn")
-    return context.Pool(workers, initializer=initializer, initargs=initargs)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=initializer,
+                               initargs=initargs)
+
+
+def pool_map(pool: ProcessPoolExecutor, function, jobs, *, doing: str, chunksize: int = 1):
+    """pool.map, in order; a worker that dies ends it with one line naming what it was doing."""
+    try:
+        yield from pool.map(function, jobs, chunksize=chunksize)
+    except BrokenProcessPool:
+        raise UserError(f"a worker process died while {doing} (out of memory, or killed); "
+                        "free memory or use fewer processes, and run it again") from None
 
 
 @functools.cache
-def framing_pool():
-    """One process per core for framing many images: each image is independent and framing is
-    single-threaded numpy. None on one core. Closed when the program exits."""
-    cores = os.cpu_count() or 1
+def framing_pool() -> ProcessPoolExecutor | None:
+    """One process per usable core for framing many images (device.cpu_share): each image is
+    independent and framing is single-threaded numpy. None on one core. Closed when the
+    program exits."""
+    cores = cpu_share()
     return process_pool(cores, _start_framing_worker) if cores > 1 else None
 
 
@@ -147,8 +163,9 @@ class PreparedImages:
             return preset(torch.from_numpy(self.store.read(rows)), **settings)
         stat = self.store.path.stat()
         jobs = [(str(self.store.path), (stat.st_ino, stat.st_mtime_ns), part, settings)
-                for part in np.array_split(rows, os.cpu_count())]  # one job per process
-        return torch.from_numpy(np.concatenate(pool.map(_frame_rows, jobs)))
+                for part in np.array_split(rows, cpu_share())]  # one job per process
+        return torch.from_numpy(np.concatenate(list(pool_map(pool, _frame_rows, jobs,
+                                                             doing="framing images"))))
 
 
 def load_split(split: str, prepared_dir: Path = PREPARED_DIR) -> dict:

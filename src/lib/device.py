@@ -3,6 +3,7 @@ memory format, seeding and the keyed random streams of a training run."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -31,6 +32,44 @@ def draw_seed(seed: int, *key) -> int:
 
 def keyed_generator(seed: int, *key) -> torch.Generator:
     return torch.Generator().manual_seed(draw_seed(seed, *key))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a container's or `taskset`'s limit),
+    where the system tells it, not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def queue_workers() -> int:
+    """How many `dvc queue` workers run on this machine (`dvc queue start -j N` starts N), each
+    training its experiments beside the others; 1 where there are none, or no /proc to tell."""
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            count += b"queue-worker" in cmdline.read_bytes().split(b"\0")
+        except OSError:  # a process that ended meanwhile
+            pass
+    return max(count, 1)
+
+
+@functools.cache
+def cpu_share(processes: int = 1) -> int:
+    """The CPUs one of `processes` processes of a run may keep busy: the usable ones shared
+    among them and among the experiments that the queue trains side by side; counted once per
+    process, so that a run keeps one size throughout."""
+    return max(1, usable_cpus() // (processes * queue_workers()))
+
+
+def set_threads(processes: int = 1) -> int:
+    """torch's threads for one of `processes` processes: its cpu_share, never more than torch's
+    own default (the physical cores). Set once, at the start: the number of threads changes
+    the last bits of a CPU run's arithmetic (not its random draws), so metrics.json records it."""
+    threads = min(torch.get_num_threads(), cpu_share(processes))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def set_deterministic(on: bool) -> None:

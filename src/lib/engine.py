@@ -1,270 +1,134 @@
-"""The training loop: the training step, epochs over cached features or augmented images,
-validation, early stopping."""
+"""The training loop: the training step, an epoch over the sampler's batches, validation,
+early stopping."""
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from src.lib.device import (
-    autocast, channels_last, draw_seed, grad_scaler, keyed_generator
-)
-from src.lib.errors import UserError
-from src.lib.io import MappedArray
+from src.lib.datasets import Budget, FramedImages, PrefixOutputs
+from src.lib.device import autocast, grad_scaler
+from src.lib.distributed import Processes, data_parallel, summed
 from src.lib.models import forward_train, set_train_mode, split_frozen
+from src.lib.sampler import Batch, EpochSampler
 from src.lib.scores import confusion, scores_from_confusion
 from src.lib.transforms import model_input
 
 
-def scores(targets, predictions, loss: float, num_classes: int) -> dict:
-    accuracy, macro, weighted = scores_from_confusion(confusion(targets, predictions, num_classes))
+def scores(counts: torch.Tensor, loss: float) -> dict:
+    """Loss and scores from a confusion matrix (rows: true class)."""
+    accuracy, macro, weighted = scores_from_confusion(counts.numpy())
     return {"loss": loss, "acc": float(accuracy), "f1_macro": float(macro),
             "f1_weighted": float(weighted)}
 
 
-class Budget:
-    """The memory one training run's caches may hold (`train.cache_mb`), claimed in turn."""
-
-    def __init__(self, megabytes: int):
-        self.left = megabytes * 2**20
-
-    def claim(self, nbytes: int) -> bool:
-        if nbytes > self.left:
-            return False
-        self.left -= nbytes
-        return True
+def split_data(images, variant, *, prefix, augment: str | None, budget: Budget, device,
+               dtype) -> FramedImages | PrefixOutputs:
+    """A split as the head takes it: the frozen prefix's cached outputs where there is a prefix,
+    else the framed images. `augment`: train.augment in training, None in validation."""
+    framed = FramedImages(images, variant, budget=budget, device=device)
+    if prefix is None:
+        return framed
+    return PrefixOutputs(framed, prefix, variant, augment=augment, budget=budget, device=device,
+                         dtype=dtype)
 
 
-class RowCache:
-    """Rows [N, *row_shape] computed by `compute(indices)` on first use and kept for the run:
-    on `device` while the budget allows, else in a memory-mapped file in a temporary folder
-    that goes with the cache."""
-
-    def __init__(self, n: int, row_shape: tuple, dtype: torch.dtype, *, compute, budget: Budget,
-                 device):
-        self.compute, self.dtype, self.device = compute, dtype, device
-        self.done = torch.zeros(n, dtype=torch.bool)
-        self.rows = self.file = None
-        if budget.claim(n * math.prod(row_shape) * dtype.itemsize):
-            self.rows = torch.empty((n, *row_shape), dtype=dtype, device=device)
-        else:
-            self._folder = tempfile.TemporaryDirectory(prefix="chest-ct-cache-")
-            # numpy has no bfloat16: its 16 bits are stored as int16 and viewed back
-            stored = torch.int16 if dtype == torch.bfloat16 else dtype
-            try:
-                self.file = MappedArray.create(Path(self._folder.name) / "rows.npy",
-                                               (n, *row_shape),
-                                               torch.empty(0, dtype=stored).numpy().dtype)
-            except UserError as e:
-                raise UserError(f"{e}, or set TMPDIR to a folder on a larger disk (training's "
-                                "caches go there beyond train.cache_mb)") from None
-
-    @property
-    def in_memory(self) -> bool:
-        return self.rows is not None
-
-    def put(self, idx: torch.Tensor, values: torch.Tensor) -> None:
-        if self.in_memory:
-            self.rows[idx.to(self.device)] = values.to(self.device, self.dtype)
-        else:
-            values = values.to("cpu", self.dtype)
-            values = values.view(torch.int16) if self.dtype == torch.bfloat16 else values
-            self.file.write(idx.numpy(), values.numpy())
-        self.done[idx] = True
-
-    def get(self, idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.cpu()
-        missing = idx[~self.done[idx]].unique()
-        if len(missing):
-            self.put(missing, self.compute(missing))
-        if self.in_memory:
-            return self.rows[idx.to(self.device)]
-        rows = torch.from_numpy(self.file.read(idx.numpy()))
-        return (rows.view(torch.bfloat16) if self.dtype == torch.bfloat16 else rows
-                ).to(self.device)
-
-
-def slot_draws(seed: int, images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-    """The augmentation draws [N,7] of cached views: each a function of the seed, the image and
-    the view alone, so a view is the same whenever, and in whatever company, it is computed."""
-    return torch.stack([torch.rand(7, generator=keyed_generator(seed, "view", int(i), int(v)))
-                        for i, v in zip(images, views)])
-
-
-@dataclass(frozen=True)
-class EpochDraws:
-    """Every random draw of one training epoch, made up front from its own seed: the images in
-    order (the study's weighted sampler), the cached view of each draw (frozen prefix) and the
-    augmentation of each draw (everything trains). Epoch e draws the same whatever came before
-    it and however many epochs follow; dropout is seeded per step from the same key."""
-    seed: int
-    epoch: int
-    order: torch.Tensor    # int64 [draws], indices into the training split
-    view: torch.Tensor     # int64 [draws], in [0, augment_views)
-    augment: torch.Tensor  # float32 [draws, 7], uniform in [0,1) (transforms.augment)
-
-    def seed_step(self, step: int) -> None:
-        """Dropout's masks for step `step`: the global generators (CPU and every GPU) from the
-        step's own seed."""
-        torch.manual_seed(draw_seed(self.seed, "step", self.epoch, step))
-
-
-def epoch_draws(seed: int, epoch: int, sample_weights: torch.Tensor, draws: int,
-                views: int) -> EpochDraws:
-    generator = keyed_generator(seed, "epoch", epoch)
-    order = draw_order(sample_weights, draws, generator)
-    return EpochDraws(seed, epoch, order, torch.randint(views, (draws,), generator=generator),
-                      torch.rand(draws, 7, generator=generator))
-
-
-class Batches:
-    """Where a training or validation batch comes from.
-
-    `images`: data.PreparedImages. They are framed (transforms.preset) when first drawn and
-    kept. Without a frozen prefix, a batch is these images, augmented per draw when `train`.
-    With one, a batch is its outputs for one of `train.augment_views` augmented copies of each
-    image (one unaugmented copy for validation), computed in eval mode (so exactly what the full
-    network computes) when first drawn, and kept: the cost follows what training draws, not the
-    dataset's size. Each view's augmentation is its own seeded draw (slot_draws). What does not
-    fit in `budget` is kept on disk (RowCache), which changes where it is kept, not what."""
-
-    def __init__(self, images, labels: torch.Tensor, variant, *, device, dtype, budget: Budget,
-                 prefix=None, train: bool = False):
-        t = variant.train
-        self.labels, self.arch, self.device, self.dtype = labels, variant.arch, device, dtype
-        self.seed, self.batch_size = t.seed, t.batch_size
-        self.augment, self.views = (t.augment, t.augment_views) if train else (None, 1)
-        n, size = len(labels), variant.image_size
-        framing = {"framing": t.framing, "intensity": t.intensity, "size": size}
-        self.frames = RowCache(n, (3, size, size), torch.uint8, budget=budget, device=device,
-                               compute=lambda idx: images.framed(idx, **framing))
-        self.prefix = self.features = None
-        if prefix is None:
-            return
-        self.prefix = prefix.eval()
-        shapes = [o.shape[1:] for o in self._run_prefix(torch.zeros(1, 3, size, size,
-                                                                    dtype=torch.uint8))]
-        self.shapes, self.widths = shapes, [math.prod(s) for s in shapes]
-        self.features = RowCache(self.views * n, (sum(self.widths),), dtype or torch.float32,
-                                 budget=budget, device=device, compute=self._features)
-
-    @torch.no_grad()
-    def _run_prefix(self, images: torch.Tensor, draws=None) -> tuple:
-        with autocast(self.device, self.dtype):
-            out = self.prefix(model_input(images.to(self.device), self.arch,
-                                          strength=self.augment, draws=draws))
-        return tuple(o.to(self.dtype or torch.float32) for o in
-                     (out if isinstance(out, tuple) else (out,)))
-
-    def _features(self, slots: torch.Tensor) -> torch.Tensor:
-        """Flat prefix outputs of cache slots (view x N + image), a batch at a time."""
-        n, parts = len(self.labels), []
-        for start in range(0, len(slots), self.batch_size):
-            chunk = slots[start:start + self.batch_size]
-            draws = slot_draws(self.seed, chunk % n, chunk // n) if self.augment else None
-            out = self._run_prefix(self.frames.get(chunk % n), draws)
-            parts.append(torch.cat([o.flatten(1) for o in out], 1))
-        return torch.cat(parts)
-
-    def get(self, idx: torch.Tensor, view: torch.Tensor | None = None,
-            augment: torch.Tensor | None = None) -> tuple:
-        """The batch of images `idx`; in training, `view` and `augment` are their EpochDraws."""
-        if self.features is None:
-            return (model_input(self.frames.get(idx), self.arch, strength=self.augment,
-                                draws=augment if self.augment else None),)
-        view = view if self.augment else torch.zeros(len(idx), dtype=torch.long)
-        flat = self.features.get(view * len(self.labels) + idx.cpu()).float()
-        return tuple(channels_last(part.reshape(-1, *shape)) for part, shape in
-                     zip(flat.split(self.widths, 1), self.shapes))
+def head_inputs(data: FramedImages | PrefixOutputs, idx: torch.Tensor, *, arch: str,
+                augment: str | None = None, views=None, draws=None) -> tuple:
+    """What the head takes for images `idx`: the prefix's outputs for their cached views, or
+    the framed images, augmented by their draws in training, normalized."""
+    if isinstance(data, PrefixOutputs):
+        return data[idx, views]
+    return (model_input(data[idx], arch, strength=augment, draws=draws if augment else None),)
 
 
 @dataclass
 class TrainingSetup:
     """What one training step needs; `train` and tools/bench.py get it from training_setup."""
-    head: nn.Module            # the trained part; `prefix` (frozen, or None) feeds it
-    prefix: nn.Module | None
-    batches: Batches           # the training split's
+    head: nn.Module            # the trained part (under DDP on several processes)
+    prefix: nn.Module | None   # frozen, feeding the head; None when everything trains
+    data: FramedImages | PrefixOutputs  # the training split's
+    labels: torch.Tensor
+    arch: str
+    augment: str               # train.augment
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
     scaler: torch.amp.GradScaler
-    budget: Budget             # what is left of `train.cache_mb` for the validation batches
+    budget: Budget             # what is left of `train.cache_mb` for the validation split
 
 
-def training_setup(model: nn.Module, variant, train: dict, *, device, dtype) -> TrainingSetup:
-    """The variant's training step: frozen prefix and trained head, cached training batches,
-    Adam with the variant's weight decay (the study's optimizer), class-weighted cross-entropy
-    (`prepare.balance`), loss scaling for float16. `train`: the training split as
+def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
+                   procs: Processes = Processes()) -> TrainingSetup:
+    """The variant's training step: frozen prefix and trained head, the training split through
+    the caches, Adam with the variant's weight decay (the study's optimizer), class-weighted
+    cross-entropy (`prepare.balance`), loss scaling for float16. `train`: the training split as
     data.load_split gives it."""
     t = variant.train
     prefix, head = split_frozen(model, variant)
     budget = Budget(t.cache_mb)
-    batches = Batches(train["images"], train["labels"], variant, device=device, dtype=dtype,
-                      budget=budget, prefix=prefix, train=True)
+    data = split_data(train["images"], variant, prefix=prefix, augment=t.augment, budget=budget,
+                      device=device, dtype=dtype)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                  weight_decay=t.weight_decay)
-    return TrainingSetup(head=head, prefix=prefix, batches=batches, optimizer=optimizer,
+    return TrainingSetup(head=data_parallel(head, procs, device), prefix=prefix, data=data,
+                         labels=train["labels"], arch=variant.arch, augment=t.augment,
+                         optimizer=optimizer,
                          criterion=nn.CrossEntropyLoss(weight=train["class_weights"].to(device)),
                          scaler=grad_scaler(device, dtype), budget=budget)
 
 
-def train_one_epoch(setup: TrainingSetup, draws: EpochDraws, batch_size: int, *, device,
-                    dtype, desc: str) -> dict:
-    head, batches, optimizer, scaler = setup.head, setup.batches, setup.optimizer, setup.scaler
-    set_train_mode(head)
-    total_loss, targets, predictions = 0.0, [], []
-    order = draws.order
-    progress = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False)
-    for step, start in enumerate(progress):
-        batch = slice(start, start + batch_size)
-        idx = order[batch]
-        features = batches.get(idx, draws.view[batch], draws.augment[batch])
-        y = batches.labels[idx].to(device)
-        draws.seed_step(step)
-        with autocast(device, dtype):
-            loss, logits = forward_train(head, features, y, setup.criterion)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total_loss += loss.item() * len(idx)
-        targets.append(y.cpu())
-        predictions.append(logits.argmax(1).cpu())
+def train_step(setup: TrainingSetup, batch: Batch, sampler: EpochSampler, *, device,
+               dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on this process's share of a batch: (loss, logits, targets)."""
+    features = head_inputs(setup.data, batch.images, arch=setup.arch, augment=setup.augment,
+                           views=batch.views, draws=batch.augment)
+    y = setup.labels[batch.images].to(device)
+    sampler.seed_step(batch.step)
+    with autocast(device, dtype):
+        loss, logits = forward_train(setup.head, features, y, setup.criterion)
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss * batch.share if sampler.processes > 1 else loss).backward()
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    return loss, logits, y
+
+
+def train_one_epoch(setup: TrainingSetup, sampler: EpochSampler, *, device, dtype, desc: str,
+                    procs: Processes = Processes()) -> dict:
+    """An epoch of the sampler's batches; the scores are over every process's draws."""
+    set_train_mode(setup.head)
+    loss_sum, counts = torch.zeros(2, dtype=torch.float64), 0
+    progress = tqdm(sampler, desc=desc, unit="batch", leave=False, disable=not procs.main)
+    for batch in progress:
+        loss, logits, y = train_step(setup, batch, sampler, device=device, dtype=dtype)
+        loss_sum += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
+        counts = counts + confusion(y.cpu().numpy(), logits.argmax(1).cpu().numpy(),
+                                    logits.shape[1])
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    return scores(torch.cat(targets), torch.cat(predictions), total_loss / len(order),
-                  logits.shape[1])
+    loss_sum = summed(loss_sum, procs)
+    counts = summed(torch.as_tensor(counts), procs)
+    return scores(counts, float(loss_sum[0] / loss_sum[1]))
 
 
 @torch.no_grad()
-def validate(head: nn.Module, batches: Batches, *, batch_size: int, device, dtype) -> dict:
+def validate(head: nn.Module, data: FramedImages | PrefixOutputs, labels: torch.Tensor, *,
+             arch: str, batch_size: int, device, dtype) -> dict:
     """Unweighted cross-entropy and scores of the head in eval mode on the validation split.
     The loss comes from the logits: from probabilities, a wrong answer's loss is capped where its
     probability rounds to zero, and early stopping would then count errors, not the loss."""
-    head.eval()
+    head = getattr(head, "module", head).eval()  # DDP's module: one process validates
     logits = []
-    for start in range(0, len(batches.labels), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(batches.labels)))
+    for start in range(0, len(labels), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(labels)))
         with autocast(device, dtype):
-            logits.append(head(*batches.get(idx)).float().cpu())
+            logits.append(head(*head_inputs(data, idx, arch=arch)).float().cpu())
     logits = torch.cat(logits)
-    loss = nn.functional.cross_entropy(logits, batches.labels).item()
-    return scores(batches.labels.numpy(), logits.argmax(1).numpy(), loss, logits.shape[1])
-
-
-def draw_order(sample_weights: torch.Tensor, draws: int, generator) -> torch.Tensor:
-    """One epoch's training indices: weighted draws with replacement (the study's sampler) when
-    the weights differ, otherwise a permutation of the training split."""
-    if torch.allclose(sample_weights, sample_weights[0]):
-        n = len(sample_weights)
-        perm = torch.cat([torch.randperm(n, generator=generator)
-                          for _ in range(int(np.ceil(draws / n)))])
-        return perm[:draws]
-    return torch.multinomial(sample_weights, draws, replacement=True, generator=generator)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    counts = confusion(labels.numpy(), logits.argmax(1).numpy(), logits.shape[1])
+    return scores(torch.as_tensor(counts), loss)
 
 
 @dataclass

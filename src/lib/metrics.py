@@ -8,7 +8,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from src.lib.io import read_json, write_json
-from src.lib.paths import METRICS_DIR, REPORTS_DIR
+from src.lib.paths import METRICS_DIR, PREDICTIONS_DIR
 from src.lib.scores import scores_from_confusion
 
 
@@ -162,7 +162,7 @@ def format_p(p: float) -> str:
 
 def write_predictions(name: str, test: dict, probabilities: np.ndarray,
                       calibrated: np.ndarray | None = None) -> None:
-    """reports/<name>/predictions.json: per test image, the true and predicted labels, every
+    """predictions/<name>.json: per test image, the true and predicted labels, every
     class's probability and (after temperature scaling, where there is one) its calibrated
     probability; `compare` pairs them across variants by file and `dvc plots` draws the
     confusion matrix from them."""
@@ -175,13 +175,13 @@ def write_predictions(name: str, test: dict, probabilities: np.ndarray,
         if calibrated is not None:
             row["calibrated"] = dict(zip(classes, np.round(calibrated[i], 6).tolist()))
         rows.append(row)
-    write_json(REPORTS_DIR / name / "predictions.json", rows)
+    write_json(PREDICTIONS_DIR / f"{name}.json", rows)
 
 
 def read_predictions(name: str) -> dict[str, np.ndarray]:
     """A variant's test predictions: `files`, true and predicted classes (`targets`,
     `predictions`) and the `leak_free` mask, in test order."""
-    rows = read_json(REPORTS_DIR / name / "predictions.json")
+    rows = read_json(PREDICTIONS_DIR / f"{name}.json")
     classes = list(rows[0]["probabilities"]) if rows else []
     return {"files": np.array([r["file"] for r in rows]),
             "targets": np.array([classes.index(r["actual"]) for r in rows], dtype=int),

@@ -1,18 +1,18 @@
-"""The study's three architectures, what each variant trains, and the split of a network into
-its frozen prefix and trainable head."""
+"""The networks of the registered architectures (architectures.py), what each variant trains,
+and the split of a network into its frozen prefix and trainable head."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
+from src.lib.architectures import ARCHITECTURES
 from src.lib.config import VariantConfig
 from src.lib.errors import UserError
 
-TORCHVISION_WEIGHTS = {"resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
-                       "inception_v3": tvm.Inception_V3_Weights.IMAGENET1K_V1}
 AUX_LOSS_WEIGHT = 0.4  # Inception's auxiliary classifier, as in the Inception-V3 paper
 
 
@@ -38,15 +38,21 @@ class StudyCNN(nn.Sequential):
 
 
 def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
-    """ImageNet weights as torchvision downloads and caches them, or a local state-dict file."""
+    """ImageNet weights as torchvision downloads and caches them (`imagenet`: the registry's
+    choice; or another of torchvision's, by name), or a local state-dict file."""
     if weights == "none":
         return None
-    if weights != "imagenet":
+    if weights.endswith((".pt", ".pth")):
         if not Path(weights).is_file():
             raise UserError(f"train.weights: '{weights}' does not exist; use imagenet, none or "
                             "the path of a state-dict file")
         return torch.load(weights, map_location="cpu", weights_only=True)
-    enum = TORCHVISION_WEIGHTS[arch]
+    available = tvm.get_model_weights(arch).__members__
+    name = ARCHITECTURES[arch].weights if weights == "imagenet" else weights
+    if name not in available:
+        raise UserError(f"train.weights: torchvision has no {name} for {arch}; use imagenet, "
+                        f"none or one of {', '.join(available)}")
+    enum = available[name]
     try:
         return enum.get_state_dict(progress=True, weights_only=True)
     except Exception as e:  # URLError, hash mismatch, a proxy's HTML page...
@@ -57,34 +63,41 @@ def _imagenet_state_dict(arch: str, weights: str) -> dict | None:
                         "or set train.weights=none") from None
 
 
+def _replace_last_linear(model: nn.Module, path: str, num_classes: int) -> None:
+    """The last Linear layer at or under `path`, new, with one output per class."""
+    module = model.get_submodule(path)
+    if not isinstance(module, nn.Linear):
+        name = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)][-1]
+        path, module = f"{path}.{name}", module.get_submodule(name)
+    model.set_submodule(path, nn.Linear(module.in_features, num_classes))
+
+
 def network(arch: str, image_size: int, num_classes: int,
             imagenet_state: dict | None = None) -> nn.Module:
     """The architecture with one output per class; ImageNet weights loaded first when given."""
     if arch == "cnn":
         return StudyCNN(image_size, num_classes)
-    if arch == "resnet50":
-        model = tvm.resnet50(weights=None)
-    else:
-        # transform_input stays off: the input is already normalized the way these weights expect.
-        model = tvm.inception_v3(weights=None, aux_logits=True, transform_input=False,
-                                 init_weights=imagenet_state is None)
+    spec, options = ARCHITECTURES[arch], dict(ARCHITECTURES[arch].options)
+    if arch == "inception_v3":  # its slow initialization, where the weights replace it
+        options["init_weights"] = imagenet_state is None
+    model = tvm.get_model(arch, weights=None, **options)
     if imagenet_state is not None:
         try:
             model.load_state_dict(imagenet_state)
         except RuntimeError as e:
             raise UserError(f"train.weights: the file does not hold torchvision's {arch} "
                             f"ImageNet state dict ({str(e).splitlines()[0]})") from None
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    if arch == "inception_v3":
-        model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
+    for path in spec.classifier:
+        _replace_last_linear(model, path, num_classes)
     return model
 
 
 def build_model(variant: VariantConfig, num_classes: int) -> nn.Module:
-    """The variant's network, ready to train: pretrained weights per `train.weights` (the CNN
-    always starts from scratch) and requires_grad set on what it trains."""
-    state = None if variant.arch == "cnn" else _imagenet_state_dict(variant.arch,
-                                                                    variant.train.weights)
+    """The variant's network, ready to train: pretrained weights per `train.weights` (an
+    architecture without ImageNet weights starts from scratch) and requires_grad set on what it
+    trains."""
+    state = None if ARCHITECTURES[variant.arch].weights is None else _imagenet_state_dict(
+        variant.arch, variant.train.weights)
     model = network(variant.arch, variant.image_size, num_classes, state)
     for p in model.parameters():
         p.requires_grad = False
@@ -97,11 +110,9 @@ def build_model(variant: VariantConfig, num_classes: int) -> nn.Module:
 def trainable_modules(model: nn.Module, variant: VariantConfig) -> list[nn.Module]:
     if variant.trainable == "all":
         return [model]
-    if variant.arch == "resnet50":
-        return [model.fc] if variant.trainable == "classifier" else [model.layer4, model.fc]
-    if variant.trainable == "classifier":
-        return [model.fc, model.AuxLogits.fc]
-    return [model.Mixed_7a, model.Mixed_7b, model.Mixed_7c, model.fc, model.AuxLogits]
+    spec = ARCHITECTURES[variant.arch]
+    paths = spec.classifier + (spec.last_block if variant.trainable == "last_block" else ())
+    return [model.get_submodule(p) for p in paths]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -167,21 +178,41 @@ class InceptionHead(nn.Module):
         return (logits, aux) if self.training else logits
 
 
+# The functional steps of a forward pass (Architecture.layers) as modules.
+_FUNCTIONAL = {"torch.flatten": lambda: nn.Flatten(1), "F.relu": nn.ReLU,
+               "F.adaptive_avg_pool2d": lambda: nn.AdaptiveAvgPool2d(1)}
+
+
+def _without(model: nn.Module, path: str) -> nn.Module:
+    """`model` with the module at `path` replaced by nn.Identity; every other module, and so
+    every parameter, is shared with `model`, which stays as it was."""
+    clone = copy.copy(model)
+    clone._modules = dict(model._modules)
+    first, _, rest = path.partition(".")
+    clone._modules[first] = _without(model._modules[first], rest) if rest else nn.Identity()
+    return clone
+
+
 def split_frozen(model: nn.Module, variant: VariantConfig) -> tuple[nn.Module | None, nn.Module]:
     """(prefix, head) with head(*prefix(x)) == model(x) in eval mode. The prefix holds only
     frozen layers, so its output can be computed once per image and augmentation view and
-    reused every epoch. prefix is None when everything trains."""
+    reused every epoch. prefix is None when everything trains, or where the architecture does
+    not say how its forward pass runs up to its last block (Architecture.layers)."""
     if variant.trainable == "all":
         return None, model
     classifier_only = variant.trainable == "classifier"
-    if variant.arch == "resnet50":
-        stem = [model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
-                model.layer3]
-        top = [model.layer4, model.avgpool, nn.Flatten(1)]
-        if classifier_only:
-            return nn.Sequential(*stem, *top), model.fc
-        return nn.Sequential(*stem), nn.Sequential(*top, model.fc)
-    return InceptionPrefix(model, classifier_only), InceptionHead(model, classifier_only)
+    if variant.arch == "inception_v3":
+        return InceptionPrefix(model, classifier_only), InceptionHead(model, classifier_only)
+    spec = ARCHITECTURES[variant.arch]
+    first_trained = (spec.classifier if classifier_only else spec.last_block)[0]
+    if spec.layers:
+        steps = [_FUNCTIONAL[s]() if s in _FUNCTIONAL else model.get_submodule(s)
+                 for s in spec.layers]
+        at = spec.layers.index(first_trained)
+        return nn.Sequential(*steps[:at]), nn.Sequential(*steps[at:])
+    if classifier_only:
+        return _without(model, first_trained), model.get_submodule(first_trained)
+    return None, model
 
 
 def forward_train(model_or_head: nn.Module, features: tuple, targets: torch.Tensor,

@@ -12,13 +12,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-# What each architecture's weights were trained with: ResNet-50 uses ImageNet statistics,
-# Inception-V3 maps [0,1] to [-1,1], and the study's CNN sees one grayscale channel.
-NORMALIZATION = {
-    "resnet50": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "grayscale": False},
-    "inception_v3": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "grayscale": False},
-    "cnn": {"mean": [0.5], "std": [0.5], "grayscale": True},
-}
+from src.lib.architectures import ARCHITECTURES
+
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 # Augmentation strengths (`train.augment`): the study's, and a stronger one that also zooms,
 # stretches and changes gamma, so the model sees the framing and exposure differences between
@@ -140,12 +135,13 @@ def augment(x: torch.Tensor, generator: torch.Generator | None, strength: str = 
 
 
 def normalize(x: torch.Tensor, arch: str) -> torch.Tensor:
-    """Float batch in [0,1], 3 channels -> the architecture's input."""
-    spec = NORMALIZATION[arch]
-    if spec["grayscale"]:
+    """Float batch in [0,1], 3 channels -> the architecture's input (grayscale for the study's
+    CNN, normalized as its weights were trained)."""
+    spec = ARCHITECTURES[arch]
+    if spec.grayscale:
         x = (x * _GRAY.to(x.device)).sum(1, keepdim=True)
-    mean = torch.tensor(spec["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(spec["std"], device=x.device).view(1, -1, 1, 1)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
