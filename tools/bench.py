@@ -249,7 +249,7 @@ def run_queue(work: Path, jobs: int) -> float:
             return time.perf_counter() - start
 
 
-def timed_queue(archive: str, emit, epochs: int = 3) -> None:
+def timed_queue(archive: str, emit, epochs: int = 2) -> None:
     """Two queued experiments (train@cnn, `epochs` epochs) run side by side (`dvc queue start
     -j 2`) against one after the other (-j 1), on the real data; each pair with its own seeds,
     so that the run-cache holds none of them."""
