@@ -43,8 +43,9 @@ def launch(module: str, args: list[str], processes: int) -> None:
     """`python -m module args` as `processes` processes on this machine, under torchrun."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={processes}", "-m", module, *args]
-    # torchrun sets OMP_NUM_THREADS=1 unless told; train sizes its threads itself (device.py)
-    env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1), **os.environ}
+    # torchrun sets OMP_NUM_THREADS=1 unless told. Each process starts from this one's default
+    # (the physical cores, or the user's OMP_NUM_THREADS) and takes its share (device.set_threads).
+    env = {"OMP_NUM_THREADS": str(torch.get_num_threads()), **os.environ}
     if subprocess.run(cmd, env=env).returncode:
         raise UserError(f"{module} {' '.join(args)}: one of its {processes} processes failed; "
                         "its error is above")
