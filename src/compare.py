@@ -33,7 +33,8 @@ SCORES = ("accuracy", "f1_macro", "f1_weighted")
 
 def row(name: str, m: dict, **extra) -> dict:
     """One table row from metrics/<name>.json (`m`)."""
-    out = {"variant": name, **extra, "support": m["test"]["support"]}
+    out = {"variant": name, **extra, "support": m["test"]["support"],
+           "leak_free_support": m["test_leak_free"]["support"]}
     for part, key in (("test", "test"), ("test_leak_free", "leak_free")):
         for score in SCORES:
             out[f"{key}_{score}"] = m[part][score]
@@ -137,7 +138,7 @@ def main() -> None:
     table = markdown(rows, cfg.model)
     write_text(REPORTS_DIR / "comparison.md",
                f"# {len(cfg.variants)} variants on the test split ({rows[0]['support']} "
-               "images)\n\n"
+               f"images, {rows[0]['leak_free_support']} of them leak-free)\n\n"
                "Test figures with bootstrap 95% intervals (1000 resamples). Leak-free: the test "
                "images with no copy in train or valid. ECE: expected calibration error on test, "
                "in brackets after temperature scaling fitted on valid. McNemar: exact test of "

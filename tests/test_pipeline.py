@@ -117,6 +117,7 @@ def test_metrics_show_scores_intervals_and_what_each_run_ran_on(repo):
 
 def test_reports_plots_and_the_model_card_are_written(repo):
     table = (repo / "reports/comparison.md").read_text()
+    assert table.startswith("# 2 variants on the test split (16 images, 12 of them leak-free)")
     assert all(f"| {v} |" in table for v in VARIANTS + ["floor"])
     for image in ("confusion", "reliability", "gradcam"):
         assert (repo / f"reports/cnn/images/{image}.png").stat().st_size > 0
