@@ -148,7 +148,7 @@ def train_variant(name: str) -> dict:
     set_deterministic(t.deterministic)
     seed_everything(t.seed)  # the initial weights; training's draws are keyed (EpochSampler)
     procs, device = join(pick_device(t.device))
-    threads = set_threads(procs.local_count)
+    threads = set_threads()
     dtype = autocast_dtype(t.precision, device)
     train, valid = load_split("train"), load_split("valid")
     model = build_model(variant, len(train["classes"])).to(device,

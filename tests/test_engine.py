@@ -203,7 +203,11 @@ def test_experiments_side_by_side_take_a_gpu_each_and_share_the_cpus(tmp_path, m
     monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     monkeypatch.setattr(device, "queue_workers", lambda: 2)
     device.cpu_share.cache_clear()
-    try:  # 8 usable CPUs, 2 experiments side by side, each with 2 processes
-        assert device.cpu_share(2) == 2 and device.cpu_share(1) == 4
+    try:  # 8 usable CPUs, 2 experiments side by side, each with 2 processes, or 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert device.cpu_share() == 2
+        device.cpu_share.cache_clear()
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        assert device.cpu_share() == 4
     finally:
         device.cpu_share.cache_clear()

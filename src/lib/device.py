@@ -56,18 +56,20 @@ def queue_workers() -> int:
 
 
 @functools.cache
-def cpu_share(processes: int = 1) -> int:
-    """The CPUs one of `processes` processes of a run may keep busy: the usable ones shared
-    among them and among the experiments that the queue trains side by side; counted once per
-    process, so that a run keeps one size throughout."""
+def cpu_share() -> int:
+    """The CPUs this process may keep busy: the usable ones shared among the processes of its
+    run on this machine (torchrun's LOCAL_WORLD_SIZE) and among the experiments that the queue
+    trains side by side; counted once per process, so that a run keeps one size throughout, and
+    the same for torch's threads, the framing pool and prepare's decoders."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, usable_cpus() // (processes * queue_workers()))
 
 
-def set_threads(processes: int = 1) -> int:
-    """torch's threads for one of `processes` processes: its cpu_share, never more than torch's
-    own default (the physical cores). Set once, at the start: the number of threads changes
-    the last bits of a CPU run's arithmetic (not its random draws), so metrics.json records it."""
-    threads = min(torch.get_num_threads(), cpu_share(processes))
+def set_threads() -> int:
+    """torch's threads: this process's cpu_share, never more than torch's own default (the
+    physical cores). Set once, at the start: the number of threads changes the last bits of a
+    CPU run's arithmetic (not its random draws), so metrics.json records it."""
+    threads = min(torch.get_num_threads(), cpu_share())
     torch.set_num_threads(threads)
     return threads
 

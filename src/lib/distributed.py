@@ -23,11 +23,11 @@ from src.lib.errors import UserError
 
 @dataclass(frozen=True)
 class Processes:
-    """Where this process stands among the run's: torchrun's RANK, WORLD_SIZE and LOCAL_*."""
+    """Where this process stands among the run's: torchrun's RANK, WORLD_SIZE and LOCAL_RANK
+    (how many share this machine's CPUs: device.cpu_share)."""
     rank: int = 0
     count: int = 1
-    local_rank: int = 0
-    local_count: int = 1  # on this machine
+    local_rank: int = 0  # its GPU on this machine
 
     @property
     def main(self) -> bool:
@@ -79,9 +79,7 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
             device = torch.device("cuda", free_gpu(torch.cuda.device_count()))
             torch.cuda.set_device(device)
         return Processes(), device
-    env = {k: int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                           "LOCAL_WORLD_SIZE")}
-    procs = Processes(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"])
+    procs = Processes(*(int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")))
     if device.type == "cuda":
         device = torch.device("cuda", procs.local_rank)
         torch.cuda.set_device(device)
