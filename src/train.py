@@ -33,7 +33,8 @@ from src.lib.device import (
 )
 from src.lib.distributed import Processes, from_main, join, launch, leave, under_torchrun
 from src.lib.engine import (
-    EarlyStopping, TrainingSetup, split_data, train_one_epoch, training_setup, validate
+    EarlyStopping, TrainingSetup, epoch_sampler, split_data, train_one_epoch, training_setup,
+    validate
 )
 from src.lib.errors import UserError, command
 from src.lib.io import code_files, file_digest
@@ -164,10 +165,7 @@ def train_variant(name: str) -> dict:
     valid_data = split_data(valid["images"], variant, prefix=setup.prefix, augment=None,
                             budget=setup.budget, device=device, dtype=dtype) \
         if procs.main else None
-    sampler = EpochSampler(train["sample_weights"], train["class_weights"][train["labels"]],
-                           seed=t.seed, draws=t.draws_per_epoch or len(train["labels"]),
-                           views=t.augment_views, batch_size=t.batch_size, rank=procs.rank,
-                           processes=procs.count)
+    sampler = epoch_sampler(variant, train, procs=procs)
     resume = Resume(name, run_key(variant))
     progress = resume.load(setup, model) or Progress(
         EarlyStopping(t.patience, t.min_delta))

@@ -66,19 +66,18 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import datasets
 from torchvision import transforms as T
 
+from src.lib.architectures import ARCHITECTURES
 from src.lib.checkpoint import save_checkpoint
 from src.lib.config import load_config
 from src.lib.data import IMAGES_FILE, PreparedImages, balance_weights, decode_rgb, letterbox
 from src.lib.device import autocast_dtype, environment, pick_device, seed_everything
-from src.lib.engine import train_one_epoch, training_setup
-from src.lib.architectures import ARCHITECTURES
+from src.lib.engine import epoch_sampler, train_one_epoch, training_setup
 from src.lib.errors import UserError, command
 from src.lib.inference import classify, load_classifier, read_image
 from src.lib.io import MappedArray, markdown_row, markdown_table
 from src.lib.models import build_model, forward_train
 from src.lib.paths import RAW_DIR
 from src.lib.raw import scan_raw
-from src.lib.sampler import EpochSampler
 from tools.measurement import cpu_name, write_measurement
 
 
@@ -150,14 +149,14 @@ def run_pipeline(variant, *, epochs: int, draws: int, device, compiled: bool = F
     t = variant.train
     dtype = autocast_dtype(t.precision, device)
     model = build_model(variant, len(classes)).to(device, memory_format=torch.channels_last)
-    train = {"images": images, "labels": labels, "class_weights": class_weights}
+    train = {"images": images, "labels": labels, "sample_weights": sample_weights,
+             "class_weights": class_weights}
     setup = training_setup(model, variant, train, device=device, dtype=dtype)
     if compiled:
         setup.head = torch.compile(setup.head)
     setup_seconds = time.perf_counter() - start
 
-    sampler = EpochSampler(sample_weights, class_weights[labels], seed=t.seed, draws=draws,
-                           views=t.augment_views, batch_size=t.batch_size)
+    sampler = epoch_sampler(variant, train, draws=draws)
 
     def epoch(i):
         sampler.set_epoch(i + 1)

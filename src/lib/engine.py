@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -18,9 +19,9 @@ from src.lib.scores import confusion, scores_from_confusion
 from src.lib.transforms import model_input
 
 
-def scores(counts: torch.Tensor, loss: float) -> dict:
-    """Loss and scores from a confusion matrix (rows: true class)."""
-    accuracy, macro, weighted = scores_from_confusion(counts.numpy())
+def scores(counts, loss: float) -> dict:
+    """Loss and scores from a confusion matrix (rows: true class; an array or CPU tensor)."""
+    accuracy, macro, weighted = scores_from_confusion(np.asarray(counts))
     return {"loss": loss, "acc": float(accuracy), "f1_macro": float(macro),
             "f1_weighted": float(weighted)}
 
@@ -80,6 +81,17 @@ def training_setup(model: nn.Module, variant, train: dict, *, device, dtype,
                          scaler=grad_scaler(device, dtype), budget=budget)
 
 
+def epoch_sampler(variant, train: dict, *, draws: int | None = None,
+                  procs: Processes = Processes()) -> EpochSampler:
+    """The training split's EpochSampler: the study's weighted draws (`sample_weights`), each
+    image's loss weight its class's (`class_weights`), `draws` per epoch (by default
+    train.draws_per_epoch, where 0 is the size of the split)."""
+    t, labels = variant.train, train["labels"]
+    return EpochSampler(train["sample_weights"], train["class_weights"][labels], seed=t.seed,
+                        draws=draws or t.draws_per_epoch or len(labels), views=t.augment_views,
+                        batch_size=t.batch_size, rank=procs.rank, processes=procs.count)
+
+
 def train_step(setup: TrainingSetup, batch: Batch, sampler: EpochSampler, *, device,
                dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step on this process's share of a batch: (loss, logits, targets)."""
@@ -104,10 +116,11 @@ def train_one_epoch(setup: TrainingSetup, sampler: EpochSampler, *, device, dtyp
     progress = tqdm(sampler, desc=desc, unit="batch", leave=False, disable=not procs.main)
     for batch in progress:
         loss, logits, y = train_step(setup, batch, sampler, device=device, dtype=dtype)
-        loss_sum += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
+        value = loss.item()  # one wait for the device per step
+        loss_sum += torch.tensor([value * len(y), len(y)], dtype=torch.float64)
         counts = counts + confusion(y.cpu().numpy(), logits.argmax(1).cpu().numpy(),
                                     logits.shape[1])
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        progress.set_postfix(loss=f"{value:.3f}")
     loss_sum = summed(loss_sum, procs)
     counts = summed(torch.as_tensor(counts), procs)
     return scores(counts, float(loss_sum[0] / loss_sum[1]))
@@ -127,8 +140,7 @@ def validate(head: nn.Module, data: FramedImages | PrefixOutputs, labels: torch.
             logits.append(head(*head_inputs(data, idx, arch=arch)).float().cpu())
     logits = torch.cat(logits)
     loss = nn.functional.cross_entropy(logits, labels).item()
-    counts = confusion(labels.numpy(), logits.argmax(1).numpy(), logits.shape[1])
-    return scores(torch.as_tensor(counts), loss)
+    return scores(confusion(labels.numpy(), logits.argmax(1).numpy(), logits.shape[1]), loss)
 
 
 @dataclass
