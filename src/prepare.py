@@ -295,8 +295,8 @@ def write_figures(raw_counts, report, splits, kept, near, images_path) -> None:
 @command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, help="decoding processes (default: one per usable core "
-                        f"from {PARALLEL_FROM} files, one below)")
+    parser.add_argument("--workers", type=int, help="decoding processes (default: one per "
+                        f"usable core from {PARALLEL_FROM} files, one below)")
     workers = parser.parse_args(argv).workers
     cfg = load_config()
     size, window = cfg.prepare.image_size, (cfg.prepare.dicom_window_center,

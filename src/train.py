@@ -5,10 +5,10 @@
 Frozen layers run in eval mode once per image and augmentation view (datasets.PrefixOutputs);
 the trainable head trains on those activations. Every random draw is keyed by the seed and what
 is drawn (sampler.EpochSampler), so the run depends on its recipe alone. With
-`train.processes` above 1 it runs under torchrun as that many processes (distributed.py). Early stopping on validation
-loss, as the study; the test split is not read here. Logs every epoch with DVCLive to
-dvclive/<variant>/plots/, and the chosen epoch's validation scores, with the run's length and
-environment, to dvclive/<variant>/metrics.json.
+`train.processes` above 1 it runs under torchrun as that many processes (distributed.py).
+Early stopping on validation loss, as the study; the test split is not read here. Logs every
+epoch with DVCLive to dvclive/<variant>/plots/, and the chosen epoch's validation scores, with
+the run's length and environment, to dvclive/<variant>/metrics.json.
 """
 from __future__ import annotations
 

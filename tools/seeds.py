@@ -155,8 +155,9 @@ def summary_table(group: list[dict]) -> str:
         ran = evaluated(group, v)
         if not ran:
             continue
+        machines = {ran_on(r["metrics"][f"metrics/{v}.json"].get("train", {})) for r in ran}
         cells = [v, ", ".join(str(r["params"]["train"]["seed"]) for r in ran),
-                 ", ".join(sorted({ran_on(r["metrics"][f"metrics/{v}.json"].get("train", {})) for r in ran}))]
+                 ", ".join(sorted(machines))]
         for _, path in SCORES:
             values = [lookup(r["metrics"][f"metrics/{v}.json"], path) for r in ran]
             values = [x for x in values if x is not None]

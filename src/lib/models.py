@@ -77,7 +77,8 @@ def network(arch: str, image_size: int, num_classes: int,
     """The architecture with one output per class; ImageNet weights loaded first when given."""
     if arch == "cnn":
         return StudyCNN(image_size, num_classes)
-    spec, options = ARCHITECTURES[arch], dict(ARCHITECTURES[arch].options)
+    spec = ARCHITECTURES[arch]
+    options = dict(spec.options)
     if arch == "inception_v3":  # its slow initialization, where the weights replace it
         options["init_weights"] = imagenet_state is None
     model = tvm.get_model(arch, weights=None, **options)
